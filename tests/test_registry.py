@@ -1,0 +1,89 @@
+"""The registry: all 15 released variants, complete entries, published sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import focalnet
+from focalnet.complexity import count_macs, count_params
+from focalnet.registry import build_model, get_spec, register_model, Published
+
+EXPECTED = {
+    "focalnet_tiny_srf", "focalnet_tiny_lrf", "focalnet_small_srf", "focalnet_small_lrf", "focalnet_base_srf",
+    "focalnet_base_lrf", "focalnet_tiny_iso", "focalnet_small_iso", "focalnet_base_iso", "focalnet_large_fl3",
+    "focalnet_large_fl4", "focalnet_xlarge_fl3", "focalnet_xlarge_fl4", "focalnet_huge_fl3", "focalnet_huge_fl4",
+}
+
+
+def test_all_released_variants_are_registered():
+    assert set(focalnet.list_models()) == EXPECTED
+    assert focalnet.list_models("*iso") == ["focalnet_base_iso", "focalnet_small_iso", "focalnet_tiny_iso"]
+
+
+def _tolerance(published: float) -> float:
+    """0.5%, or half a unit of the last digit the paper prints (1.1 GMACs may be anything in [1.05, 1.15))."""
+    text = f"{published:g}"
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return max(0.005 * published, 0.5 * 10**-decimals)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_params_and_macs_match_the_paper(name):
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = build_model(name, num_classes=1000)  # the paper's counts are with a 1000-class head
+    params = count_params(model) / 1e6
+    assert abs(params - spec.published.params_m) <= _tolerance(spec.published.params_m), params
+    if spec.published.gmacs is not None:
+        macs = count_macs(model, 224) / 1e9
+        assert abs(macs - spec.published.gmacs) <= _tolerance(spec.published.gmacs), macs
+
+
+def test_lrf_entries_are_lrf_on_their_own():
+    """The authors' focalnet_tiny_lrf() builds an SRF model unless a YAML is read too; ours never does."""
+    for size in ("tiny", "small", "base"):
+        srf, lrf = get_spec(f"focalnet_{size}_srf").arch, get_spec(f"focalnet_{size}_lrf").arch
+        assert srf["focal_levels"] == [2, 2, 2, 2] and lrf["focal_levels"] == [3, 3, 3, 3]
+    assert get_spec("focalnet_large_fl4").arch["normalize_modulator"] is True
+    assert get_spec("focalnet_huge_fl3").arch["use_post_norm_in_modulation"] is True
+    assert get_spec("focalnet_large_fl3").arch["focal_windows"] == [5, 5, 5, 5]
+    iso = get_spec("focalnet_base_iso").arch
+    assert iso["use_post_norm"] and iso["use_post_norm_in_modulation"] and iso["layerscale_value"] == 1e-4
+
+
+def test_variants_have_distinct_tensor_shapes():
+    """So that a checkpoint that does not name its architecture still identifies one variant."""
+    seen = {}
+    for name in EXPECTED:
+        with torch.device("meta"):
+            sd = build_model(name).state_dict()
+        sig = tuple(sorted((k, tuple(v.shape)) for k, v in sd.items()))
+        assert sig not in seen, f"{name} and {seen.get(sig)} have the same tensors"
+        seen[sig] = name
+
+
+def test_duplicate_name_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model(Published(), drop_path_rate=0.1)
+        def focalnet_tiny_srf(**kwargs):  # noqa: F811
+            raise AssertionError("never built")
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(KeyError, match="did you mean focalnet_tiny_srf"):
+        focalnet.create_model("focalnet_tiny_sfr")
+
+
+def test_unknown_argument_and_img_size_are_clear_errors():
+    with pytest.raises(TypeError, match="any input size"):
+        focalnet.create_model("focalnet_tiny_srf", img_size=224)
+    with pytest.raises(TypeError, match="focal_lvl"):
+        focalnet.create_model("focalnet_tiny_srf", focal_lvl=3)
+
+
+def test_create_model_arguments():
+    m = focalnet.create_model("focalnet_tiny_srf", num_classes=5, in_chans=1, drop_path_rate=0.0)
+    assert m.num_classes == 5 and m.in_chans == 1 and m.variant == "focalnet_tiny_srf"
+    assert m.arch["drop_path_rate"] == 0.0
+    assert focalnet.create_model("focalnet_tiny_srf").arch["drop_path_rate"] == 0.2  # the paper's recipe
