@@ -177,17 +177,18 @@ class FocalModulation(nn.Module):
         x = self.f(x)  # (B, 2C + L + 1, H, W)
         q, ctx, gates = torch.split(x, (C, C, L + 1), dim=1)
 
-        # hierarchical contextualization and gated aggregation
+        # hierarchical contextualization and gated aggregation, accumulated in place into one buffer: the
+        # first product is a fresh tensor and no backward formula needs the running sum, so autograd allows it
         ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)  # z^l, (B, C, H, W)
-            gated = ctx * gates[:, level : level + 1]
-            ctx_all = gated if ctx_all is None else ctx_all + gated
+            gate = gates[:, level : level + 1]
+            ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
         # global context: one vector per image, broadcast over H, W
         ctx_global = self.global_act(ctx.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
-        ctx_all = ctx_all + ctx_global * gates[:, L:]
+        ctx_all = ctx_all.addcmul_(ctx_global, gates[:, L:])
         if self.normalize_modulator:
-            ctx_all = ctx_all / (L + 1)
+            ctx_all = ctx_all.div_(L + 1)
 
         # modulation: q interacts with the aggregated context
         x = q * self.h(ctx_all)

@@ -1,0 +1,256 @@
+"""The speed work keeps the function: fused inference, in-place gated aggregation, selective recomputation, the
+observation contract of the default forward, and the benchmark's plumbing (no timing is asserted here)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from focalnet.fast import FusedFocalNet, fuse_for_inference, is_fused
+from focalnet.layers import FocalModulation
+from focalnet.registry import build_model
+
+from conftest import perturb_, small_overrides
+
+# every flag: pre-norm SRF/LRF, post-norm + layer scale + conv embed + window 5, normalize_modulator,
+# post-LN in modulation, isotropic post-norm
+FLAG_VARIANTS = ["focalnet_tiny_srf", "focalnet_tiny_lrf", "focalnet_large_fl3", "focalnet_large_fl4",
+                 "focalnet_huge_fl3", "focalnet_base_iso"]
+
+
+def small(name: str, **kw) -> torch.nn.Module:
+    model = build_model(name, **{**small_overrides(name), "num_classes": 7, **kw})
+    perturb_(model)
+    with torch.no_grad():  # trained-like magnitudes, so that a wrongly folded constant shows
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.mul_(3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", FLAG_VARIANTS)
+def test_fused_model_computes_the_same_function(name):
+    model = small(name)
+    fused = fuse_for_inference(model, tile_rows=300)  # several tiles with a remainder at 3 x 64 x 80
+    assert is_fused(fused) and not is_fused(model)
+    x = torch.randn(3, 3, 64, 80)
+    with torch.no_grad():
+        ref = model(x)
+        fast = fused(x)  # oneDNN kernels, tiled, in place
+        feats = fused.forward_features(x)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(feats, model.forward_features(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused.forward_head(feats, pre_logits=True), model.forward_head(feats, pre_logits=True))
+    # the plain path (autograd): same values, and gradients reach the input
+    xg = x.clone().requires_grad_(True)
+    out = fused(xg)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    out.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (33, 31)])
+def test_fused_any_input_size_and_no_tiling(size):
+    model = small("focalnet_tiny_srf")
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = model(x)
+        for tile_rows in (None, 1, 10**9):
+            torch.testing.assert_close(fuse_for_inference(model, tile_rows=tile_rows)(x), ref, rtol=0, atol=1e-5)
+
+
+def test_fusing_leaves_the_model_and_the_input_untouched():
+    model = small("focalnet_large_fl4")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    x0 = x.clone()
+    with torch.no_grad():
+        fused(x)
+    torch.testing.assert_close(x, x0, rtol=0, atol=0)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    own = {p.data_ptr() for p in model.parameters()}
+    assert not any(t.data_ptr() in own for t in fused.state_dict().values()), "the fused model shares weights"
+    assert not list(fused.parameters()) or not any(p.requires_grad for p in fused.parameters())
+
+
+def test_fused_model_is_inference_only_and_checks_input():
+    fused = fuse_for_inference(small("focalnet_tiny_srf"))
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.train()
+    fused.eval()  # allowed
+    with pytest.raises(ValueError, match="3 input channels"):
+        fused(torch.randn(1, 1, 32, 32))
+    with pytest.raises(TypeError, match="FocalNet or FocalNetIsotropic"):
+        fuse_for_inference(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="tile_rows"):
+        fuse_for_inference(small("focalnet_tiny_srf"), tile_rows=0)
+
+
+def test_fused_model_compiles_and_traces():
+    torch._dynamo.reset()
+    model = small("focalnet_tiny_lrf")
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), ref, rtol=0, atol=1e-5)
+        traced = torch.jit.trace(fused, x)
+        torch.testing.assert_close(traced(x), ref, rtol=0, atol=1e-5)
+
+
+def test_fused_bf16_autocast_runs_the_plain_path():
+    model = small("focalnet_tiny_srf")
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fused(x)
+    assert F.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0) > 0.99
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the default forward: in-place aggregation, observation contract
+# ---------------------------------------------------------------------------------------------------------
+def test_in_place_gated_aggregation_has_correct_gradients():
+    torch.manual_seed(0)
+    mod = FocalModulation(4, focal_level=2, focal_window=3, normalize_modulator=True).double()
+    x = torch.randn(2, 4, 5, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(mod, (x,), eps=1e-6, atol=1e-5)
+
+
+def _reference_modulation(mod: FocalModulation, f_out: torch.Tensor) -> dict:
+    """The paper's equations computed from f's output, out of place, one level at a time."""
+    C, L = mod.dim, mod.focal_level
+    q, ctx, gates = f_out[:, :C], f_out[:, C : 2 * C], f_out[:, 2 * C :]
+    levels, agg = [], 0
+    for level, layer in enumerate(mod.focal_layers):
+        ctx = F.gelu(F.conv2d(ctx, layer[0].weight, padding=layer[0].padding, groups=C))
+        levels.append(ctx)
+        agg = agg + ctx * gates[:, level : level + 1]
+    glob = F.gelu(ctx.mean((2, 3), keepdim=True))
+    agg = agg + glob * gates[:, L:]
+    if mod.normalize_modulator:
+        agg = agg / (L + 1)
+    return dict(levels=levels, glob=glob, modulator=mod.h(agg))
+
+
+@pytest.mark.parametrize("name", ["focalnet_tiny_lrf", "focalnet_large_fl4"])
+def test_hooks_of_the_observation_contract_see_the_papers_quantities(name):
+    model = small(name)
+    block = model.stages[1].blocks[0]
+    mod = block.modulation
+    seen: dict = {}
+
+    def keep(key):
+        def hook(module, inp, out):
+            seen.setdefault(key, []).append(out.detach().clone())
+        return hook
+
+    handles = [mod.f.register_forward_hook(keep("f")), mod.global_act.register_forward_hook(keep("glob")),
+               mod.h.register_forward_hook(keep("h"))]
+    handles += [layer.register_forward_hook(keep(f"z{i}")) for i, layer in enumerate(mod.focal_layers)]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    assert all(len(v) == 1 for v in seen.values()), {k: len(v) for k, v in seen.items()}
+    C, L = mod.dim, mod.focal_level
+    assert seen["f"][0].shape[1] == 2 * C + L + 1 and seen["glob"][0].shape[-2:] == (1, 1)
+    ref = _reference_modulation(mod, seen["f"][0])
+    for i in range(L):
+        torch.testing.assert_close(seen[f"z{i}"][0], ref["levels"][i], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["glob"][0], ref["glob"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["h"][0], ref["modulator"], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# selective activation recompute
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["focalnet_tiny_srf", "focalnet_huge_fl4", "focalnet_base_iso"])
+def test_activation_recompute_changes_nothing(name):
+    model = small(name, drop_path_rate=0.2).train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    y1 = model(x)
+    y1.square().mean().backward()
+    g1 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_activation_recompute(True)
+    torch.manual_seed(1)  # same drop-path draws
+    y2 = model(x)
+    y2.square().mean().backward()
+    torch.testing.assert_close(y2, y1, rtol=0, atol=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, g1[n], rtol=1e-5, atol=1e-6, msg=n)
+    with torch.no_grad():  # no effect outside autograd
+        torch.testing.assert_close(model.eval()(x), model.set_activation_recompute(False) or model(x))
+
+
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward after one forward."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(storages.values())
+
+
+def test_activation_recompute_keeps_far_fewer_activations():
+    model = build_model("focalnet_tiny_srf", embed_dim=32, depths=(1, 1, 2, 1), num_classes=7).train()
+    x = torch.randn(2, 3, 96, 96)
+    full = _saved_bytes(model, x)
+    model.set_activation_recompute(True)
+    selective = _saved_bytes(model, x)
+    assert selective < 0.7 * full, (selective, full)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the benchmark's plumbing (figures are produced by `focalnet bench` and benchmarks/, never asserted)
+# ---------------------------------------------------------------------------------------------------------
+def test_bench_runs_every_focalnet_implementation_and_reports_ratios():
+    from focalnet import bench
+
+    res = bench.run_inference(["ours", "ours-fused", "timm"], variant="focalnet_tiny_srf", batch_size=1, img_size=32,
+                              warmup=1, rounds=2)
+    assert [r.impl for r in res] == ["ours", "ours-fused", "timm"]
+    assert all(len(r.times_s) == 2 and r.median > 0 for r in res)
+    assert res[0].flops_per_img and res[1].flops_per_img == pytest.approx(res[0].flops_per_img)
+    table = bench.format_table(res)
+    assert "x timm" in table and "1.00" in table
+    skipped = []
+    assert bench.run_inference(["timm"], variant="focalnet_tiny_iso", img_size=32, batch_size=1, rounds=1,
+                               log=skipped.append) == []
+    assert "timm has no focalnet_tiny_iso" in skipped[0]
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    from focalnet.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", "focalnet_tiny_srf", "--img-size", "32", "--batch-size", "2", "--rounds", "1",
+               "--warmup", "0", "--impl", "ours", "--impl", "timm", "--mode", "both", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert {r["mode"] for r in data["results"]} == {"infer", "train"}
+    assert "allocator" in data["machine"] and "threads" in data["machine"]
+    assert "x timm" in capsys.readouterr().out
+    assert main(["bench", "--impl", "nope"]) == 2
+    assert main(["bench", "--dtype", "float16"]) == 2  # fp16 autocast is for CUDA
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+    from focalnet import bench
+
+    peak = bench.peak_training_memory("ours", variant="focalnet_tiny_iso", batch_size=2, img_size=64, steps=1)
+    assert peak > 0
