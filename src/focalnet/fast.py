@@ -56,22 +56,21 @@ def is_fused(model: nn.Module) -> bool:
     return isinstance(model, FusedFocalNet)
 
 
-def _mkldnn_ok() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# oneDNN's fused convolution + pointwise kernels (what inductor lowers conv + GELU / + add to on CPU)
+_MKLDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def _plain_ops_only(x: torch.Tensor) -> bool:
     """Whether the oneDNN fused kernels must be avoided: they have no autograd formula, no CUDA kernel and no
     bf16/fp16 autocast rule, and tracers (jit, ONNX, dynamo) should see ordinary ops (inductor fuses by itself)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not _mkldnn_ok():
+    # tracers first: they must not reach the checks below, which dynamo cannot trace
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
+        return True
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not _MKLDNN_FUSED:
         return True
     if torch.is_grad_enabled() and x.requires_grad:
         return True
-    if torch.is_autocast_enabled("cpu"):
-        return True
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
-        return True
-    return torch.compiler.is_compiling()
+    return torch.is_autocast_enabled("cpu")
 
 
 def _layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
