@@ -110,7 +110,11 @@ def _run_block(block: nn.Module, x: torch.Tensor, grad_checkpointing: bool, acti
         if grad_checkpointing:
             return checkpoint(block, x, use_reentrant=False)
         if activation_recompute:
-            return checkpoint(block, x, use_reentrant=False, context_fn=_selective_context)
+            # respect_saved_tensors_hooks: what the policy keeps goes through saved-tensor hooks (save_on_cpu,
+            # memory accounting) like any other saved tensor
+            return checkpoint(
+                block, x, use_reentrant=False, context_fn=_selective_context, respect_saved_tensors_hooks=True
+            )
     return block(x)
 
 
