@@ -263,6 +263,10 @@ def load_fashion_mnist(
     download_error = None
     if found is None and download:
         root = Path(data_dir) if data_dir is not None else _cache_root()
+        import socket
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a machine whose network drops packets must not hang here forever
         try:
             from torchvision.datasets import FashionMNIST
 
@@ -270,6 +274,8 @@ def load_fashion_mnist(
             FashionMNIST(str(root), train=False, download=True)
         except Exception as e:  # no network: URLError, HTTPError, RuntimeError from torchvision
             download_error = f"{type(e).__name__}: {e}"
+        finally:
+            socket.setdefaulttimeout(previous)
         found = _locate_fashion_mnist([root / "FashionMNIST" / "raw"])
     if found is None:
         tried = "\n  ".join(str(d) for d in dirs)
@@ -431,6 +437,7 @@ def describe_data(
     in_chans: Optional[int] = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    need_train: bool = True,
 ) -> tuple[DataInfo, dict]:
     """Resolve `data` to its DataInfo and its raw splits (tensors for in-memory sets, folders otherwise)."""
     key = data.lower().replace("_", "-")
@@ -453,21 +460,24 @@ def describe_data(
                 f"--data {data!r} is neither 'fashion-mnist', 'digits' nor a folder; an image folder needs the "
                 "layout PATH/train/CLASS/*.jpg and PATH/val/CLASS/*.jpg"
             )
-        if not (root / "train").is_dir():
-            raise DataUnavailableError(f"{root} has no train/ folder; expected PATH/train/CLASS/*.jpg and PATH/val/CLASS/*.jpg")
         eval_split = next((s for s in ("val", "test", "validation") if (root / s).is_dir()), None)
+        has_train = (root / "train").is_dir()
+        if not has_train and (need_train or eval_split is None):
+            raise DataUnavailableError(f"{root} has no train/ folder; expected PATH/train/CLASS/*.jpg and PATH/val/CLASS/*.jpg")
         if eval_split is None:
             raise DataUnavailableError(f"{root} has train/ but no val/ (or test/) folder to evaluate on")
-        class_names = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        # class indices follow the training folders (evaluation alone: the evaluation folders)
+        class_root = root / "train" if has_train else root / eval_split
+        class_names = sorted(d.name for d in class_root.iterdir() if d.is_dir())
         if not class_names:
-            raise DataUnavailableError(f"{root / 'train'} has no class folders")
+            raise DataUnavailableError(f"{class_root} has no class folders")
         chans = in_chans or 3
         from .registry import IMAGENET_MEAN, IMAGENET_STD
 
         m = tuple(IMAGENET_MEAN) if chans == 3 else (float(np.mean(IMAGENET_MEAN)),)
         s = tuple(IMAGENET_STD) if chans == 3 else (float(np.mean(IMAGENET_STD)),)
         info = DataInfo(root.name, class_names, chans, None, m, s, "folder", eval_split=eval_split, source=str(root))
-        splits = {"train": root / "train", eval_split: root / eval_split}
+        splits = {"train": root / "train" if has_train else None, eval_split: root / eval_split}
     if info.kind == "tensor" and in_chans not in (None, info.in_chans):
         if in_chans != 3:
             raise ValueError(f"{info.name} has 1 channel; in_chans must be 1 (or 3 to repeat the gray channel)")
@@ -493,28 +503,34 @@ def build_datasets(
     limit_eval: Optional[int] = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
-) -> tuple[Dataset, Dataset, DataInfo]:
+    need_train: bool = True,
+) -> tuple[Optional[Dataset], Dataset, DataInfo]:
     """(training set, evaluation set, DataInfo) of `data` with the recipe's transforms.
 
     limit_train / limit_eval keep the first N images (after a fixed shuffle for the training set, so that
-    all classes stay present): for quick trials and tests.
+    all classes stay present): for quick trials and tests. need_train=False (evaluation only): the
+    training set is not built (None) and a folder needs no train/ split.
     """
-    info, splits = describe_data(data, data_dir=data_dir, download=download, in_chans=in_chans, mean=mean, std=std)
+    info, splits = describe_data(data, data_dir=data_dir, download=download, in_chans=in_chans, mean=mean, std=std,
+                                 need_train=need_train)
     train_tf = build_transform(info, recipe, training=True, img_size=img_size)
     eval_tf = build_transform(info, recipe, training=False, img_size=img_size)
+    train_set: Optional[Dataset] = None
     if info.kind == "tensor":
-        train_set: Dataset = TensorImages(*splits["train"], transform=train_tf)
+        if need_train:
+            train_set = TensorImages(*splits["train"], transform=train_tf)
         eval_set: Dataset = TensorImages(*splits[info.eval_split], transform=eval_tf)
     else:
         mode = "L" if info.in_chans == 1 else "RGB"
-        train_set = SafeImageFolder(splits["train"], info.class_names, mode, train_tf)
+        if need_train:
+            train_set = SafeImageFolder(splits["train"], info.class_names, mode, train_tf)
         eval_set = SafeImageFolder(splits[info.eval_split], info.class_names, mode, eval_tf)
-    if limit_train is not None and limit_train < len(train_set):
+    if train_set is not None and limit_train is not None and limit_train < len(train_set):
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:limit_train]
         train_set = Subset(train_set, sorted(order.tolist()))
     if limit_eval is not None and limit_eval < len(eval_set):
         eval_set = Subset(eval_set, range(limit_eval))
-    info.num_train, info.num_eval = len(train_set), len(eval_set)
+    info.num_train, info.num_eval = (len(train_set) if train_set is not None else 0), len(eval_set)
     return train_set, eval_set, info
 
 

@@ -175,7 +175,10 @@ def plot_curves(history: Sequence[dict], path: os.PathLike) -> None:
         ax2.plot([r["epoch"] for r in em], [r["ema_test_top1"] for r in em], "o--", label="EMA top-1")
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

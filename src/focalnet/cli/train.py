@@ -137,7 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{r['model']} ({r['weights']} weights, {r['num_params'] / 1e6:.2f} M parameters) on {r['data']} "
           f"{r['split']}: {r['images']} images at {r['img_size']} px"
-          + (f", crop {r['crop_pct']} {r['interpolation']}" if r.get("crop_pct") else "") + f"; head: {r['head']}")
+          + (f", {r['interpolation']} resize to {r['img_size']}/{r['crop_pct']} and center crop" if r.get("kind") == "folder" else "") + f"; head: {r['head']}")
     print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
     if r.get("bad_images"):
         print(f"{r['bad_images']} unreadable images skipped")
