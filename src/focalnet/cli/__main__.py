@@ -1,4 +1,4 @@
-"""`python -m focalnet.cli ...`: the `focalnet` command without the installed console script."""
+"""`python -m focalnet.cli ...` (e.g. under `torchrun -m`): the same as the `focalnet` command."""
 import sys
 
 from . import main
