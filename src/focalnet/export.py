@@ -1,0 +1,224 @@
+"""Export a FocalNet to ONNX or TorchScript, and check the export against PyTorch.
+
+The model works at any input size: maps whose size is not a multiple of a stride are zero-padded on the
+bottom/right. A Python `if pad:` would be evaluated once on the example input and frozen into the graph
+(what goes wrong in the Hugging Face export at sizes that are not multiples of 32), so `pad_to_multiple`
+always emits the pad, computed from the symbolic shape, while exporting or tracing. `verify_export` runs
+the exported file at several sizes (onnxruntime for ONNX) and compares with the eager model.
+
+ONNX exporters:
+- "dynamo" (default, PyTorch's current exporter): torch.export with dynamic batch, height and width,
+  then translation to ONNX; slow on CPU (tens of seconds for a small model, minutes for large ones,
+  mostly symbolic shape reasoning).
+- "torchscript": PyTorch's legacy tracer-based exporter with `dynamic_axes`; under a second, deprecated
+  by PyTorch since 2.9 but still shipped. Same outputs here (tests check both).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "ExportError", "DEFAULT_VERIFY_SIZES"]
+
+log = logging.getLogger("focalnet")
+PathLike = Union[str, os.PathLike]
+DEFAULT_VERIFY_SIZES = ((224, 224), (230, 190), (96, 96))
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportError(ValueError):
+    """An export that failed or does not reproduce the model; the message says where."""
+
+
+def _example(model: nn.Module, img_size: Sequence[int], batch: int) -> torch.Tensor:
+    param = next(model.parameters())
+    h, w = (int(img_size), int(img_size)) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    return torch.randn(batch, int(model.in_chans), h, w, device=param.device, dtype=param.dtype)
+
+
+def _output_name(model: nn.Module) -> str:
+    return "logits" if int(getattr(model, "num_classes", 1)) > 0 else "features"
+
+
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (CLI: --force) or choose another path")
+
+
+def _move_into_place(tmp_dir: Path, out_dir: Path) -> list[Path]:
+    """Rename every file of tmp_dir into out_dir (same file system: each rename is atomic)."""
+    moved = []
+    for f in sorted(tmp_dir.iterdir()):
+        dst = out_dir / f.name
+        os.replace(f, dst)
+        moved.append(dst)
+    return moved
+
+
+def export_onnx(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    img_size: Sequence[int] = (224, 224),
+    dynamic: bool = True,
+    exporter: str = "dynamo",
+    opset: Optional[int] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (in eval mode) as ONNX: input `image` (B, C, H, W), output `logits` (B, classes), or
+    `features` for a model without classifier. With `dynamic`, batch, height and width are free.
+
+    The file is written in a temporary folder beside `path` and renamed into place (with its external-data
+    file, if the model is over 2 GB), so an interrupted export leaves no half-written file."""
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; choose 'dynamo' or 'torchscript'")
+    path = Path(path)
+    _refuse_existing([path, path.with_name(path.name + ".data")], overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    out_name = _output_name(model)
+    # batch 2: torch.export specialises a dimension whose example size is 1
+    x = _example(model, img_size, 2 if dynamic else 1)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp_path = tmp_dir / path.name
+        with torch.no_grad():
+            if exporter == "dynamo":
+                shapes = None
+                if dynamic:
+                    D = torch.export.Dim.DYNAMIC
+                    shapes = ({0: D, 2: D, 3: D},)
+                try:
+                    program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
+                except Exception as e:
+                    raise ExportError(f"torch.export could not capture the model: {type(e).__name__}: {str(e)[:500]}") from e
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    onnx_program = torch.onnx.export(
+                        program, (x,), dynamo=True, input_names=["image"], output_names=[out_name],
+                        opset_version=opset, verbose=False,
+                    )
+                onnx_program.save(str(tmp_path))
+            else:
+                axes = {"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch"}} if dynamic else None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the exporter's deprecation notice: documented above
+                    torch.onnx.export(
+                        model, (x,), str(tmp_path), dynamo=False, input_names=["image"], output_names=[out_name],
+                        dynamic_axes=axes, opset_version=opset or 17,
+                    )
+        _move_into_place(tmp_dir, path.parent)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        model.train(was_training)
+    return path
+
+
+def export_torchscript(
+    model: nn.Module, path: PathLike, *, img_size: Sequence[int] = (224, 224), overwrite: bool = False
+) -> Path:
+    """Trace `model` (eval mode) and save it with torch.jit.save. The trace records the padding arithmetic
+    on the input's shape, so the saved module runs at any batch size, height and width."""
+    from .checkpoint import atomic_write
+
+    path = Path(path)
+    _refuse_existing([path], overwrite)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic: recorded, see pad_to_multiple
+            traced = torch.jit.trace(model, (_example(model, img_size, 2),), check_trace=False)
+        with atomic_write(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream: see docs/inspect.md
+            torch.jit.save(traced, f)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def export_model(model: nn.Module, path: PathLike, fmt: str = "onnx", **kwargs) -> Path:
+    """`export_onnx` or `export_torchscript` by `fmt`."""
+    if fmt == "onnx":
+        return export_onnx(model, path, **kwargs)
+    if fmt == "torchscript":
+        kwargs.pop("dynamic", None)  # a trace of this model is shape-generic anyway
+        kwargs.pop("exporter", None)
+        kwargs.pop("opset", None)
+        return export_torchscript(model, path, **kwargs)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _runner(path: Path, fmt: str):
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    return lambda x: module(x).numpy()
+
+
+@torch.no_grad()
+def verify_export(
+    path: PathLike,
+    model: nn.Module,
+    fmt: str = "onnx",
+    sizes: Sequence[Sequence[int]] = DEFAULT_VERIFY_SIZES,
+    batch_sizes: Sequence[int] = (1, 2),
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> list[dict]:
+    """Run the exported file (onnxruntime / torch.jit.load, CPU) and the eager model on the same random
+    inputs at every size and batch size; one row per case with the largest absolute difference.
+    Raises ExportError if any case differs by more than `atol` or fails to run."""
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    # compare in fp32 on the CPU, as onnxruntime runs; never move the caller's model
+    reference = model if (param.device.type == "cpu" and param.dtype == torch.float32) else copy.deepcopy(model).float().cpu()
+    run = _runner(Path(path), fmt)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    try:
+        for h, w in sizes:
+            for b in batch_sizes:
+                x = torch.randn(b, int(model.in_chans), int(h), int(w), generator=g)
+                expected = reference(x).float().numpy()
+                try:
+                    got = run(x)
+                except Exception as e:
+                    raise ExportError(f"the exported {fmt} model failed at batch {b}, {h}x{w}: {type(e).__name__}: {str(e)[:300]}") from None
+                if got.shape != expected.shape:
+                    raise ExportError(f"the exported {fmt} model gives shape {got.shape} at {h}x{w}, PyTorch {expected.shape}")
+                diff = float(np.abs(got - expected).max())
+                rows.append(dict(batch=b, height=int(h), width=int(w), max_abs_diff=diff, ok=diff <= atol))
+    finally:
+        model.train(was_training)
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        r = bad[0]
+        raise ExportError(
+            f"the exported {fmt} model differs from PyTorch by {r['max_abs_diff']:.3g} (> {atol:g}) at batch "
+            f"{r['batch']}, {r['height']}x{r['width']}"
+        )
+    return rows

@@ -1,0 +1,461 @@
+"""Pictures of focal modulation: per image a grid of gate maps and modulators, and the learned kernels.
+
+Layout of a modulation picture (one row per recorded block; L = the largest focal level of those blocks):
+
+    | input | gate 1 | ... | gate L | gate global | modulator: channel mean | modulator: L2 norm |
+
+- gate l: g^l, the weight each position gives its level-l context z^l (coolwarm, symmetric around 0 per
+  panel: blue < 0 < red); "gate global" weighs the image-level context z^{L+1}. A block with fewer levels
+  leaves its extra gate columns blank.
+- modulator M = h(sum_l g^l z^l): its mean over channels (as the paper shows) and its L2 norm over channels,
+  each min-max scaled per panel (turbo) and laid over the input.
+Feature maps are drawn where they are: a map of stride s covers s x s input pixels per cell and the model
+pads bottom/right, so cell (i, j) is drawn over input pixels [i s, (i + 1) s) x [j s, (j + 1) s), clipped
+to the image (bilinear between cell centres).
+
+The kernel picture has one row per stage: the learned depthwise kernels k_l of each level (mean |w| over
+channels and the stage's blocks) and their composition r_l = 1 + sum (k_i - 1): the linear kernel of the
+chain DWConv_1 .. DWConv_l (GELU left out), which shows how far each level reaches.
+
+Pixel sizes are exact and recorded in `GridLayout`, so that tests (and users) can find every panel.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .recorder import BlockSpec, ModulationRecord, ModulationRecorder, RecorderError, resolve_blocks
+
+__all__ = [
+    "GridLayout",
+    "Panel",
+    "Picture",
+    "modulation_picture",
+    "kernel_picture",
+    "depthwise_kernels",
+    "compose_kernels",
+    "write_pictures",
+]
+
+BACKGROUND = (255, 255, 255)
+BLANK = (236, 236, 236)
+TEXT = (20, 20, 20)
+OVERLAY_ALPHA = 0.55
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Pixel geometry of a grid of equal tiles, each under a band of two text lines, below a header."""
+
+    rows: int
+    cols: int
+    tile_h: int
+    tile_w: int
+    margin: int = 8
+    band: int = 34  # two lines of 12-px text above each tile
+    header: int = 40  # two lines of text at the top
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole picture."""
+        w = self.margin + self.cols * (self.tile_w + self.margin)
+        h = self.header + self.margin + self.rows * (self.band + self.tile_h + self.margin)
+        return w, h
+
+    def box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the tile's image area (x1, y1 exclusive)."""
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise IndexError(f"tile ({row}, {col}) outside a {self.rows}x{self.cols} grid")
+        x0 = self.margin + col * (self.tile_w + self.margin)
+        y0 = self.header + self.margin + row * (self.band + self.tile_h + self.margin) + self.band
+        return x0, y0, x0 + self.tile_w, y0 + self.tile_h
+
+
+@dataclass
+class Panel:
+    row: int
+    col: int
+    kind: str  # input | gate | gate_global | modulator_mean | modulator_l2 | blank | kernel | composed
+    title: str
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    block: Optional[str] = None
+    level: Optional[int] = None
+
+
+@dataclass
+class Picture:
+    image: Any  # PIL.Image.Image
+    layout: GridLayout
+    panels: list[Panel]
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(
+            size=list(self.layout.size), layout=asdict(self.layout),
+            panels=[dict(asdict(p), box=list(self.layout.box(p.row, p.col))) for p in self.panels], **self.meta,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Drawing helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _colormap(values: np.ndarray, name: str) -> np.ndarray:
+    """(H, W) floats in [0, 1] -> (H, W, 3) uint8 through a matplotlib colormap."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.clip(values, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def _map_to_tile(m: torch.Tensor, stride: int, input_size: tuple[int, int], tile: tuple[int, int]) -> np.ndarray:
+    """Resample a feature map (h, w) onto a tile (th, tw) showing the H x W input it was computed from.
+
+    Tile pixel centres map to input pixels, input pixels to map coordinates (cell i spans input
+    [i s, (i + 1) s)); bilinear between cell centres, edge cells held at the border."""
+    H, W = input_size
+    th, tw = tile
+    h, w = m.shape[-2:]
+    ys = (torch.arange(th, dtype=torch.float32) + 0.5) * (H / th) / (stride * h) * 2 - 1  # normalised map y
+    xs = (torch.arange(tw, dtype=torch.float32) + 0.5) * (W / tw) / (stride * w) * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, th, tw, 2) as (x, y)
+    out = F.grid_sample(m.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def _overlay(base: np.ndarray, colored: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    return ((1 - alpha) * base.astype(np.float32) + alpha * colored.astype(np.float32)).round().astype(np.uint8)
+
+
+def _minmax(a: np.ndarray) -> tuple[np.ndarray, float, float]:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), lo, hi
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+class _Canvas:
+    def __init__(self, layout: GridLayout, header: Sequence[str]) -> None:
+        from PIL import Image, ImageDraw
+
+        self.layout = layout
+        self.image = Image.new("RGB", layout.size, BACKGROUND)
+        self.draw = ImageDraw.Draw(self.image)
+        self.font = _font(12)
+        self.header_font = _font(13)
+        for i, line in enumerate(header[:2]):
+            self.draw.text((layout.margin, 4 + 17 * i), _fit(self.draw, line, self.header_font, layout.size[0] - 2 * layout.margin),
+                           fill=TEXT, font=self.header_font)
+
+    def tile(self, row: int, col: int, pixels: Optional[np.ndarray], lines: Sequence[str]) -> None:
+        from PIL import Image
+
+        x0, y0, x1, y1 = self.layout.box(row, col)
+        if pixels is None:
+            self.draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=BLANK)
+        else:
+            assert pixels.shape[:2] == (y1 - y0, x1 - x0), (pixels.shape, (y1 - y0, x1 - x0))
+            self.image.paste(Image.fromarray(pixels), (x0, y0))
+        for i, line in enumerate(lines[:2]):
+            y = y0 - self.layout.band + 2 + 15 * i
+            self.draw.text((x0, y), _fit(self.draw, line, self.font, self.layout.tile_w), fill=TEXT, font=self.font)
+
+
+def _tile_size(input_size: tuple[int, int], panel: int) -> tuple[int, int]:
+    H, W = input_size
+    scale = panel / max(H, W)
+    return max(1, round(H * scale)), max(1, round(W * scale))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The modulation picture of one image
+# ----------------------------------------------------------------------------------------------------------
+
+
+def modulation_picture(
+    image: "PIL.Image.Image",  # noqa: F821
+    records: Sequence[ModulationRecord],
+    index: int = 0,
+    panel: int = 224,
+    title: str = "",
+) -> Picture:
+    """The grid for sample `index` of the recorded batch; `image` is the picture the model saw (any mode,
+    at the size of the model's input)."""
+    from PIL import Image
+
+    if not records:
+        raise RecorderError("no block was recorded")
+    input_size = tuple(records[0].input_size)
+    if (image.height, image.width) != input_size:
+        raise ValueError(f"the image is {image.height}x{image.width} but the model saw {input_size[0]}x{input_size[1]}")
+    th, tw = _tile_size(input_size, panel)
+    base = np.asarray(image.convert("RGB").resize((tw, th), Image.BICUBIC))
+    levels = max(r.focal_level for r in records)
+    cols = 1 + levels + 1 + 2
+    layout = GridLayout(rows=len(records), cols=cols, tile_h=th, tile_w=tw, header=40 if title else 8)
+    header = [title, "gates: coolwarm, symmetric per panel (blue < 0 < red); modulator: turbo, min-max per panel, "
+                     "over the input"] if title else []
+    canvas = _Canvas(layout, header)
+    panels: list[Panel] = []
+
+    for row, rec in enumerate(records):
+        h, w = rec.map_size
+        canvas.tile(row, 0, base, [rec.block, f"stride {rec.stride}, map {h}x{w}"])
+        panels.append(Panel(row, 0, "input", rec.block, block=rec.block))
+        gates = rec.gates[index].float()  # (L + 1, h, w)
+        L = rec.focal_level
+        r_l = np.cumsum([0] + [k - 1 for k in rec.kernel_sizes]) + 1
+        for l in range(levels):
+            col = 1 + l
+            if l >= L:
+                canvas.tile(row, col, None, [f"(no level {l + 1})", ""])
+                panels.append(Panel(row, col, "blank", "", block=rec.block, level=l + 1))
+                continue
+            g = _map_to_tile(gates[l], rec.stride, input_size, (th, tw))
+            vmax = float(gates[l].abs().max()) or 1.0
+            k = rec.kernel_sizes[l] if l < len(rec.kernel_sizes) else None
+            what = f"gate {l + 1}" + (f" (k={k}, r={r_l[l + 1]})" if k else "")
+            canvas.tile(row, col, _colormap(g / (2 * vmax) + 0.5, "coolwarm"),
+                        [what, f"[{_fmt(float(gates[l].min()))}, {_fmt(float(gates[l].max()))}]"])
+            panels.append(Panel(row, col, "gate", what, float(gates[l].min()), float(gates[l].max()), rec.block, l + 1))
+        col = 1 + levels
+        g = _map_to_tile(gates[L], rec.stride, input_size, (th, tw))
+        vmax = float(gates[L].abs().max()) or 1.0
+        canvas.tile(row, col, _colormap(g / (2 * vmax) + 0.5, "coolwarm"),
+                    ["gate global", f"[{_fmt(float(gates[L].min()))}, {_fmt(float(gates[L].max()))}]"])
+        panels.append(Panel(row, col, "gate_global", "gate global", float(gates[L].min()), float(gates[L].max()), rec.block, L + 1))
+
+        modulator = rec.modulator[index].float()  # (C, h, w)
+        for kind, name, m in (
+            ("modulator_mean", "modulator: channel mean", modulator.mean(0)),
+            ("modulator_l2", "modulator: L2 norm", modulator.norm(dim=0)),
+        ):
+            col += 1
+            values, lo, hi = _minmax(_map_to_tile(m, rec.stride, input_size, (th, tw)))
+            canvas.tile(row, col, _overlay(base, _colormap(values, "turbo")), [name, f"[{_fmt(float(m.min()))}, {_fmt(float(m.max()))}]"])
+            panels.append(Panel(row, col, kind, name, float(m.min()), float(m.max()), rec.block))
+    return Picture(canvas.image, layout, panels, meta=dict(input_size=list(input_size), blocks=[r.block for r in records]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The kernel picture
+# ----------------------------------------------------------------------------------------------------------
+
+
+def depthwise_kernels(model: nn.Module) -> list[list[list[torch.Tensor]]]:
+    """kernels[stage][block][level]: the depthwise weight (C, 1, k_l, k_l) of each focal level.
+
+    Found as the depthwise Conv2d inside `modulation.focal_layers[l]` of each block."""
+    out = []
+    for stage in _stage_blocks(model):
+        per_stage = []
+        for ref in stage:
+            mod = getattr(ref.module, "modulation", None)
+            layers = getattr(mod, "focal_layers", None)
+            if layers is None:
+                raise RecorderError(f"block {ref.name} has no modulation.focal_layers: fused or not a FocalNet")
+            levels = []
+            for l, layer in enumerate(layers):
+                convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
+                if not convs:
+                    raise RecorderError(f"block {ref.name}, focal level {l + 1}: no depthwise convolution found")
+                levels.append(convs[0].weight.detach().float().cpu())
+            per_stage.append(levels)
+        out.append(per_stage)
+    return out
+
+
+def _stage_blocks(model: nn.Module):
+    from .recorder import _blocks_of
+
+    return _blocks_of(model)
+
+
+def compose_kernels(kernels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-channel composition of a chain of depthwise kernels [(C, 1, k_1, k_1), ...]: element l is the
+    (C, 1, r_l, r_l) kernel K_l with DWConv_{K_l} = DWConv_{k_l} o ... o DWConv_{k_1} (cross-correlations,
+    as nn.Conv2d computes them; equal away from the borders, where the chain zero-pads in between)."""
+    eff = kernels[0]
+    out = [eff]
+    for w in kernels[1:]:
+        k = w.shape[-1]
+        x = eff.permute(1, 0, 2, 3)  # (C, 1, r, r) -> (1, C, r, r): channels as a batch of one image
+        x = F.pad(x, (k - 1, k - 1, k - 1, k - 1))
+        # full convolution with w = cross-correlation with w flipped
+        eff = F.conv2d(x, w.flip(-1, -2), groups=w.shape[0]).permute(1, 0, 2, 3)
+        out.append(eff)
+    return out
+
+
+def kernel_picture(model: nn.Module, panel: int = 150, title: str = "") -> Picture:
+    """Learned depthwise kernels per stage and level (mean |w| over channels and blocks), and their
+    compositions r_l (same reduction)."""
+    kernels = depthwise_kernels(model)
+    levels = max(len(b) for s in kernels for b in s)
+    layout = GridLayout(rows=len(kernels), cols=2 * levels, tile_h=panel, tile_w=panel, header=40)
+    header = [
+        title or "depthwise kernels",
+        "mean |w| over channels and the stage's blocks (viridis, 0 to max); composed: DWConv_1..l as one kernel, GELU left out",
+    ]
+    canvas = _Canvas(layout, header)
+    panels = []
+    for s, blocks in enumerate(kernels):
+        learned = [torch.stack([b[l].abs().mean((0, 1)) for b in blocks]).mean(0) for l in range(len(blocks[0]))]
+        composed_per_block = [compose_kernels(b) for b in blocks]
+        composed = [torch.stack([c[l].abs().mean((0, 1)) for c in composed_per_block]).mean(0) for l in range(len(blocks[0]))]
+        for group, maps, kind in ((0, learned, "kernel"), (1, composed, "composed")):
+            for l in range(levels):
+                col = group * levels + l
+                if l >= len(maps):
+                    canvas.tile(s, col, None, [f"stage {s}: no level {l + 1}", ""])
+                    panels.append(Panel(s, col, "blank", "", level=l + 1))
+                    continue
+                m = maps[l].numpy()
+                k = m.shape[-1]
+                vmax = float(m.max()) or 1.0
+                cell = max(1, panel // k)
+                img = np.kron(m / vmax, np.ones((cell, cell)))  # nearest: one square per weight
+                tile = np.full((panel, panel, 3), BLANK, dtype=np.uint8)
+                off = (panel - img.shape[0]) // 2
+                tile[off : off + img.shape[0], off : off + img.shape[1]] = _colormap(img, "viridis")
+                what = f"stage {s}, level {l + 1}"
+                size = f"k={k} learned" if kind == "kernel" else f"r={k} composed"
+                canvas.tile(s, col, tile, [what, f"{size}, max {_fmt(vmax)}"])
+                panels.append(Panel(s, col, kind, f"{what}: {size}", float(m.min()), vmax, level=l + 1))
+    return Picture(canvas.image, layout, panels, meta=dict(stages=len(kernels)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing pictures for images
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _save_png(img: "PIL.Image.Image", path: Path) -> None:  # noqa: F821
+    from ..checkpoint import atomic_write
+
+    with atomic_write(path) as f:
+        img.save(f, format="PNG")
+
+
+def _image_name(image: Any, i: int) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).stem
+    return f"image{i}"
+
+
+def write_pictures(
+    model: nn.Module,
+    images: Sequence[Any],
+    out_dir: Union[str, os.PathLike],
+    *,
+    blocks: BlockSpec = None,
+    names: Optional[Sequence[str]] = None,
+    img_size: Optional[int] = None,
+    panel: int = 224,
+    kernels: bool = True,
+    overwrite: bool = False,
+    title: Optional[str] = None,
+) -> list[Path]:
+    """Write `<name>_modulation.png` for each image, `kernels.png`, and `pictures.json` (the layout of
+    every panel, value ranges) into `out_dir`; returns the paths written.
+
+    images: paths, PIL images, uint8 arrays or (C, H, W) tensors in [0, 1]. Each is fed whole (no crop)
+    at its own size, or with its shorter side resized to `img_size`; the model's registered mean/std are
+    used, and grayscale (in_chans=1) models get the gray image. blocks: see `resolve_blocks` (default: the
+    last block of every stage). Existing files are refused unless `overwrite`. Before each forward the
+    activation memory at that size is measured on the meta device and compared with free memory
+    (InputTooLargeError names the image)."""
+    from ..checkpoint import atomic_json
+    from ..complexity import InputTooLargeError, activation_memory, check_memory, meta_copy
+    from ..predict import load_image, preprocessing_for, to_tensor
+
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+        images = [images]
+    resolve_blocks(model, blocks)  # a wrong block fails before anything is read or written
+    pre = preprocessing_for(model)
+    out_dir = Path(out_dir)
+    stems: list[str] = []
+    for i, img in enumerate(images):
+        stem = names[i] if names is not None else _image_name(img, i)
+        base, k = stem, 1
+        while stem in stems:
+            k += 1
+            stem = f"{base}_{k}"
+        stems.append(stem)
+    targets = [out_dir / f"{s}_modulation.png" for s in stems] + ([out_dir / "kernels.png"] if kernels else [])
+    targets.append(out_dir / "pictures.json")
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                              + "; pass overwrite=True (CLI: --force) or choose another folder")
+
+    pil_images = [load_image(img, pre.mode) for img in images]  # read all first: a bad file fails fast
+    device = next(model.parameters()).device
+    model_name = title or getattr(model, "variant", None) or type(model).__name__
+    meta_model = meta_copy(model)
+    was_training = model.training
+    model.eval()
+    written, index = [], dict(model=model_name, images=[])
+    try:
+        for stem, src, pil in zip(stems, images, pil_images):
+            x = to_tensor(pil, pre, resize=img_size)[None].to(device)  # (1, C, H, W)
+            H, W = x.shape[-2:]
+            shown = pil if (pil.height, pil.width) == (H, W) else pil.resize((W, H), resample=3)  # 3: bicubic
+            what = f"image {src}" if isinstance(src, (str, os.PathLike)) else f"image {stem}"
+            estimate = activation_memory(meta_model, (H, W)).peak_live_bytes
+            check_memory(model, (H, W), what=what, device=device, estimate=estimate)
+            try:
+                with torch.no_grad(), ModulationRecorder(model, blocks) as rec:
+                    model(x)
+                    records = rec.records
+            except (torch.OutOfMemoryError, MemoryError) as e:
+                raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory ({type(e).__name__}); pass a smaller img_size") from None
+            except RuntimeError as e:
+                if "allocate" in str(e) or "out of memory" in str(e):
+                    raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory; pass a smaller img_size") from None
+                raise
+            pic = modulation_picture(shown, records, panel=panel, title=f"{stem}: {model_name}, input {H}x{W}")
+            path = out_dir / f"{stem}_modulation.png"
+            _save_png(pic.image, path)
+            written.append(path)
+            index["images"].append(dict(image=str(src) if isinstance(src, (str, os.PathLike)) else stem,
+                                        file=path.name, **pic.to_dict()))
+        if kernels:
+            pic = kernel_picture(model, title=f"depthwise kernels of {model_name}")
+            path = out_dir / "kernels.png"
+            _save_png(pic.image, path)
+            written.append(path)
+            index["kernels"] = dict(file=path.name, **pic.to_dict())
+    finally:
+        model.train(was_training)
+    atomic_json(index, out_dir / "pictures.json")
+    written.append(out_dir / "pictures.json")
+    return written
