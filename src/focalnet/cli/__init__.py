@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-COMMAND_MODULES = ("models",)
+COMMAND_MODULES = ("models", "dense")
 
 
 class UserError(Exception):
