@@ -74,6 +74,11 @@ class FileResult:
     summary: list[str]  # one line per object (detection) or class (segmentation)
 
 
+def _percent(n: int, total: int) -> str:
+    share = 100 * n / total
+    return "<0.1%" if share < 0.1 else f"{share:.1f}%"
+
+
 def _output_path(image: Path, output_dir: Optional[PathLike], suffix: str, force: bool) -> Path:
     if not image.is_file():
         raise FileNotFoundError(f"image {image} does not exist" if not image.exists() else f"{image} is not a file")
@@ -146,6 +151,8 @@ def segment_files(
         save_png(overlay_segmentation(image, class_map, names, alpha=alpha), out)
         counts = torch.bincount(class_map.flatten(), minlength=len(names))
         total = class_map.numel()
-        lines = [f"{names[c] if c < len(names) else c}: {100 * int(n) / total:.1f}% of pixels" for c, n in enumerate(counts.tolist()) if n]
+        lines = [
+            f"{names[c] if c < len(names) else c}: {_percent(n, total)} of pixels" for c, n in enumerate(counts.tolist()) if n
+        ]
         results.append(FileResult(str(path), str(out), lines))
     return results
