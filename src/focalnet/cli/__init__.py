@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-COMMAND_MODULES = ("models", "train", "inspect", "bench")
+COMMAND_MODULES = ("models", "train", "inspect", "dense", "bench")
 
 
 class UserError(Exception):
