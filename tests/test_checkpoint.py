@@ -240,3 +240,29 @@ def test_download_without_network_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(CheckpointError, match="could not download .*pass its path as pretrained=PATH"):
         focalnet.create_model("focalnet_tiny_srf", pretrained=True)
+
+
+def test_saved_preprocessing_travels_with_the_weights(tmp_path):
+    """A model trained on Fashion-MNIST must be fed Fashion-MNIST's normalisation by predict/visualize,
+    not ImageNet's gray mean: our format stores it, load_model and create_model restore it."""
+    from focalnet.predict import preprocessing_for
+
+    src = small("focalnet_tiny_srf", in_chans=1)
+    pre = dict(mean=[0.286], std=[0.353], img_size=28, crop_pct=1.0)
+    save_model(src, tmp_path / "m.safetensors", preprocessing=pre)
+    assert read_checkpoint(tmp_path / "m.safetensors").preprocessing == pre
+    for model in (
+        focalnet.load_model(tmp_path / "m.safetensors"),
+        focalnet.create_model("focalnet_tiny_srf", pretrained=tmp_path / "m.safetensors", **small_overrides("focalnet_tiny_srf")),
+    ):
+        p = preprocessing_for(model)
+        assert (p.mean, p.std, p.img_size, p.crop_pct) == ((0.286,), (0.353,), 28, 1.0)
+    # saving the loaded model again keeps it; a model without it gets the registry's (ImageNet's gray mean)
+    save_model(focalnet.load_model(tmp_path / "m.safetensors"), tmp_path / "again.safetensors")
+    assert read_checkpoint(tmp_path / "again.safetensors").preprocessing == pre
+    assert preprocessing_for(src).mean != (0.286,)
+    with pytest.raises(CheckpointError, match="channel"):
+        save_model(src, tmp_path / "bad.safetensors", preprocessing=dict(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2]))
+    with pytest.raises(CheckpointError, match="unknown preprocessing keys"):
+        save_model(src, tmp_path / "bad.safetensors", preprocessing=dict(mean=[0.5], std=[0.2], scale=2))
+    assert not (tmp_path / "bad.safetensors").exists()

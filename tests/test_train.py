@@ -88,6 +88,26 @@ def test_digits_reach_95_percent_in_under_a_minute_and_leave_a_full_report(tmp_p
     r = evaluate_checkpoint(str(out / "model.safetensors"), "digits", progress="off")
     assert r["top1"] == pytest.approx(summary["final"]["top1"])
 
+    # the data set's normalisation travels with the weights, so that pictures and predict feed them alike
+    assert c.preprocessing["mean"] == pytest.approx(state["data"]["mean"]) and c.preprocessing["img_size"] == 8
+    assert a.preprocessing["mean"] == pytest.approx(state["data"]["mean"])
+
+    # `focalnet report`: report.md with the figures of summary.json and pictures of one test image per class
+    from focalnet.run_report import write_run_report
+
+    assert cli(["report", str(out), "--pictures", "3"]) == 0
+    md = (out / "report.md").read_text()
+    assert f"**{s['final']['top1']:.2f} %**" in md and "## Per epoch" in md and "## Per class" in md
+    pics = sorted(p.name for p in (out / "pictures").glob("*_modulation.png"))
+    assert len(pics) == 3 and all(f"](pictures/{p})" in md for p in pics)
+    assert (out / "pictures" / "kernels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (out / "report.md").read_text()
+    with pytest.raises(FileExistsError, match="report.md exists"):
+        write_run_report(out)
+    assert (out / "report.md").read_text() == before
+    assert cli(["report", str(out)]) == 2  # exists: refused, with --force as the way out
+    assert cli(["report", str(tmp_path / "nothing")]) == 2
+
     # an existing run is never overwritten, and a resumed run keeps its configuration
     with pytest.raises(TrainingError, match="already holds a run.*--resume"):
         train(TrainConfig(**DIGITS, epochs=1, output=str(out)))

@@ -74,6 +74,9 @@ class Checkpoint:
     path: Optional[str] = None
     extra: dict = field(default_factory=dict)
     hints: dict = field(default_factory=dict)  # flags the source layout's names reveal (timm's norm1_post)
+    # how the weights want their input (mean, std, img_size, crop_pct) when the file says: ours and our
+    # training checkpoints store the data set's normalisation, which differs from ImageNet's for e.g. Fashion-MNIST
+    preprocessing: Optional[dict] = None
 
     @property
     def num_classes(self) -> int:
@@ -289,7 +292,7 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    arch = variant = class_names = None
+    arch = variant = class_names = preprocessing = None
     extra: dict = {}
     if path.is_dir():
         sd, config, meta = _read_folder(path)
@@ -300,11 +303,11 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
             variant = config["architecture"]
             class_names = config.get("label_names") or (config.get("pretrained_cfg") or {}).get("label_names")
         if meta.get("format") == "focalnet":
-            arch, variant, class_names = _our_metadata(meta)
+            arch, variant, class_names, preprocessing = _our_metadata(meta)
     elif path.suffix == ".safetensors":
         sd, meta = _load_safetensors(path)
         if meta.get("format") == "focalnet":
-            arch, variant, class_names = _our_metadata(meta)
+            arch, variant, class_names, preprocessing = _our_metadata(meta)
     else:
         obj = safe_torch_load(path)
         sd, extra = _unwrap(obj, path)
@@ -312,6 +315,12 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
             arch = dict(extra["arch"])
             variant = extra.get("variant")
             class_names = extra.get("class_names")
+            data = extra.get("data")
+            if isinstance(data, Mapping) and data.get("mean") is not None and data.get("std") is not None:
+                preprocessing = _clean_preprocessing(
+                    dict(mean=data["mean"], std=data["std"], img_size=data.get("img_size"),
+                         crop_pct=1.0 if data.get("img_size") else None)  # tensor data sets: fed whole
+                )
     sd = strip_prefixes(sd)
     try:
         fmt = detect_layout(sd)
@@ -320,13 +329,36 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     except ConversionError as e:
         raise CheckpointError(f"{path}: {e}") from None
     hints = {"use_post_norm": any(".norm1_post." in k for k in sd)} if fmt == "timm" else {}
-    return Checkpoint(ours, fmt, family, arch, variant, class_names, str(path), extra, hints)
+    return Checkpoint(ours, fmt, family, arch, variant, class_names, str(path), extra, hints, preprocessing)
 
 
-def _our_metadata(meta: Mapping[str, str]) -> tuple[dict, Optional[str], Optional[list[str]]]:
+def _our_metadata(meta: Mapping[str, str]) -> tuple[dict, Optional[str], Optional[list[str]], Optional[dict]]:
     arch = json.loads(meta["arch"])
     names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-    return arch, meta.get("variant") or None, names
+    pre = _clean_preprocessing(json.loads(meta["preprocessing"])) if meta.get("preprocessing") else None
+    return arch, meta.get("variant") or None, names, pre
+
+
+PREPROCESSING_KEYS = ("mean", "std", "img_size", "crop_pct", "interpolation")
+
+
+def _clean_preprocessing(pre: Mapping) -> dict:
+    """Validate a preprocessing record (mean and std per input channel, optional img_size/crop_pct/interpolation)."""
+    unknown = sorted(set(pre) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise CheckpointError(f"unknown preprocessing keys {unknown}; allowed: {', '.join(PREPROCESSING_KEYS)}")
+    out = {k: pre[k] for k in PREPROCESSING_KEYS if pre.get(k) is not None}
+    for k in ("mean", "std"):
+        if k not in out:
+            raise CheckpointError(f"preprocessing needs '{k}' (one value per input channel)")
+        out[k] = [float(v) for v in out[k]]
+    if len(out["mean"]) != len(out["std"]) or any(v <= 0 for v in out["std"]):
+        raise CheckpointError(f"preprocessing mean {out['mean']} and std {out['std']}: one per channel, std > 0")
+    if "img_size" in out:
+        out["img_size"] = int(out["img_size"])
+    if "crop_pct" in out:
+        out["crop_pct"] = float(out["crop_pct"])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -479,11 +511,22 @@ def _contiguous(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    model: nn.Module, path: PathLike, class_names: Optional[list[str]] = None, fmt: str = "focalnet"
+    model: nn.Module,
+    path: PathLike,
+    class_names: Optional[list[str]] = None,
+    fmt: str = "focalnet",
+    preprocessing: Optional[Mapping] = None,
 ) -> Path:
-    """Write `model` in layout `fmt` (ours by default: one .safetensors file holding the architecture)."""
+    """Write `model` in layout `fmt` (ours by default: one .safetensors file holding the architecture).
+
+    preprocessing (ours only): the input normalisation the weights were trained with, e.g.
+    {'mean': [0.286], 'std': [0.353], 'img_size': 28}; default `model.preprocessing` when set
+    (load_model sets it), so predict/visualize feed the model what it learned on."""
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
     return write_checkpoint(
-        model.state_dict(), model.arch, path, fmt=fmt, variant=getattr(model, "variant", None), class_names=class_names
+        model.state_dict(), model.arch, path, fmt=fmt, variant=getattr(model, "variant", None), class_names=class_names,
+        preprocessing=preprocessing,
     )
 
 
@@ -494,6 +537,7 @@ def write_checkpoint(
     fmt: str = "focalnet",
     variant: Optional[str] = None,
     class_names: Optional[list[str]] = None,
+    preprocessing: Optional[Mapping] = None,
 ) -> Path:
     """Write our-layout `sd` as `fmt`:
 
@@ -517,6 +561,11 @@ def write_checkpoint(
         meta = {"format": "focalnet", "format_version": "1", "arch": json.dumps(dict(arch)), "variant": variant or ""}
         if class_names is not None:
             meta["class_names"] = json.dumps(list(class_names))
+        if preprocessing is not None:
+            pre = _clean_preprocessing(preprocessing)
+            if len(pre["mean"]) != arch.get("in_chans", 3):
+                raise CheckpointError(f"preprocessing has {len(pre['mean'])} channel(s), the model takes {arch.get('in_chans', 3)}")
+            meta["preprocessing"] = json.dumps(pre)
         _atomic_save_file(path, lambda tmp: save_file(out, tmp, metadata=meta))
     elif fmt == "official":
         atomic_torch_save({"model": out}, path)

@@ -148,6 +148,8 @@ def create_model(
     if ckpt is not None:
         load_into(model, ckpt, reset_head=reset_head)
         model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None
+        if ckpt.preprocessing is not None and len(ckpt.preprocessing["mean"]) == model.in_chans:
+            model.preprocessing = ckpt.preprocessing
     return model
 
 
@@ -164,4 +166,6 @@ def load_model(path: PathLike, **overrides: Any) -> nn.Module:
     model.variant = variant
     load_into(model, ckpt, reset_head=reset_head)
     model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None
+    if ckpt.preprocessing is not None and len(ckpt.preprocessing["mean"]) == model.in_chans:
+        model.preprocessing = ckpt.preprocessing  # the input normalisation the weights were trained with
     return model

@@ -147,7 +147,9 @@ class Preprocessing:
 
 
 def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Preprocessing:
-    """The registry's preprocessing for the model's variant (ImageNet's when unknown).
+    """The model's preprocessing: what its checkpoint saved (`model.preprocessing`, e.g. Fashion-MNIST's
+    mean and std for a model trained by `focalnet train`), else the registry's for its variant (ImageNet's
+    when unknown).
 
     A grayscale model (in_chans=1, e.g. RGB weights whose stem was summed over its input channels) takes
     the gray image normalised with the mean of the three means and stds."""
@@ -169,7 +171,11 @@ def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Prepr
         raise ValueError(
             f"the model takes {in_chans}-channel input; images can feed 1-channel (grayscale) or 3-channel (RGB) models"
         )
-    if in_chans == 1:
+    saved = getattr(model, "preprocessing", None)  # what the weights were trained with (load_model sets it)
+    if saved and len(saved.get("mean", ())) == in_chans:
+        kwargs.update(mean=tuple(saved["mean"]), std=tuple(saved["std"]))
+        kwargs.update({k: saved[k] for k in ("img_size", "crop_pct", "interpolation") if saved.get(k) is not None})
+    elif in_chans == 1:
         mean = kwargs.get("mean", IMAGENET_MEAN)
         std = kwargs.get("std", IMAGENET_STD)
         kwargs.update(mean=(float(np.mean(mean)),), std=(float(np.mean(std)),))

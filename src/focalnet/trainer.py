@@ -688,7 +688,11 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         if getattr(core, "arch", None) is not None and hasattr(core, "variant"):
             from .checkpoint import save_model
 
-            save_model(engine.unwrap_model(model), out / "model.safetensors", class_names=list(info.class_names))
+            # the data set's normalisation travels with the weights, so that predict/visualize feed them alike
+            pre = dict(mean=list(info.mean), std=list(info.std), img_size=info.img_size,
+                       crop_pct=1.0 if info.img_size else None)
+            save_model(engine.unwrap_model(model), out / "model.safetensors", class_names=list(info.class_names),
+                       preprocessing=pre)
         if tb is not None:
             tb.close()
         for line in report.summary_lines(summary):

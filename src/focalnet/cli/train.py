@@ -1,4 +1,5 @@
-"""`focalnet train` and `focalnet eval`: thin over focalnet.trainer.train and evaluate_checkpoint.
+"""`focalnet train`, `focalnet eval` and `focalnet report`: thin over focalnet.trainer.train,
+evaluate_checkpoint and focalnet.run_report.write_run_report.
 
 Every field of TrainConfig is a flag (underscores become dashes) and a key of the YAML file given with
 -c/--config; flags win over the file, the file over the defaults. The same command runs under
@@ -89,6 +90,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser(
+        "report",
+        help="report.md and modulation pictures of test images for a finished training run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="the output folder of `focalnet train`")
+    p.add_argument("--pictures", type=int, default=4, help="test images to picture, one per class (0: none)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report.md and pictures/")
+    p.set_defaults(func=cmd_report)
+
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < YAML file < flags given on the command line."""
@@ -145,4 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(per_class_table(r["class_names"], r["per_class"], r["confusion"]))
     if args.output:
         print(f"wrote {args.output}/eval.json, confusion.png, confusion.csv")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..run_report import RunReportError, write_run_report
+
+    if args.pictures < 0:
+        raise UserError(f"--pictures must be 0 or more, got {args.pictures}")
+    try:
+        path = write_run_report(args.run, num_pictures=args.pictures, overwrite=args.force)
+    except FileExistsError as e:
+        raise UserError(f"{e}".replace("overwrite=True (CLI: --force)", "--force")) from None
+    except RunReportError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {path}" + (f" and {path.parent / 'pictures'}/" if args.pictures else ""))
     return 0

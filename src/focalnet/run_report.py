@@ -1,0 +1,206 @@
+"""The report of a training run: `report.md` beside the run's files, with modulation pictures of test images.
+
+`focalnet train` leaves summary.json, metrics.jsonl, curves.png, confusion.png and model.safetensors in its
+output folder (and `focalnet eval --output RUN/eval` an eval.json). `write_run_report(run)` adds:
+
+    pictures/<image>_modulation.png   gates, context levels and modulator |h(.)| of a few test images
+                                      (one per class, the first test image of each), from the final weights
+    pictures/kernels.png              the learned depthwise kernels of every focal level
+    pictures/pictures.json            the layout of each panel and its value range
+    report.md                         what was trained on what, how well (final/best, per epoch, per class),
+                                      how fast, and the pictures, in one page
+
+The pictures use the preprocessing stored with the weights (the data set's mean and std), the same
+normalisation the model was trained with. Nothing in the run folder is overwritten unless asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["write_run_report", "RunReportError"]
+
+
+class RunReportError(ValueError):
+    """The folder is not a finished training run (or lacks what the report needs); the message says which."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunReportError(f"cannot read {path}: {e}") from None
+
+
+def _test_images(summary: dict, count: int) -> list[tuple[str, torch.Tensor, int]]:
+    """(name, (C, H, W) float image in [0, 1], label) for the first test image of the first `count` classes."""
+    from .data import load_digits, load_fashion_mnist
+
+    data = summary.get("data")
+    if data == "fashion-mnist":
+        split = load_fashion_mnist(download=False)[0]["test"]
+    elif data == "digits":
+        split = load_digits()["test"]
+    else:
+        return _folder_images(summary, count)
+    images, labels = split
+    classes = summary["classes"]
+    out = []
+    for c in range(min(count, len(classes))):
+        hits = (labels == c).nonzero()
+        if len(hits):
+            i = int(hits[0])
+            name = f"test{i:05d}_{classes[c]}".replace("/", "-").replace(" ", "_")
+            out.append((name, images[i].float() / 255.0, c))
+    return out
+
+
+def _folder_images(summary: dict, count: int) -> list[tuple[str, Path, int]]:
+    """Image-folder data: the first file of each of the first `count` classes of the evaluation split."""
+    cfg = summary.get("config") or {}
+    root = Path(str(cfg.get("data", "")))
+    split = root / summary.get("split", "val")
+    if not split.is_dir():
+        return []
+    out = []
+    for c, name in enumerate(summary["classes"][:count]):
+        files = sorted(p for p in (split / name).glob("*") if p.is_file())
+        if files:
+            out.append((f"{name}_{files[0].stem}".replace("/", "-").replace(" ", "_"), files[0], c))
+    return out
+
+
+def _predict(model: torch.nn.Module, images: list, names: list[str]) -> list[tuple[str, float]]:
+    from .predict import load_image, preprocessing_for, to_tensor
+
+    pre = preprocessing_for(model)
+    x = torch.stack([to_tensor(load_image(img, pre.mode), pre, resize=None) for img in images])
+    model.eval()
+    with torch.no_grad():
+        p = model(x).softmax(-1)
+    conf, idx = p.max(-1)
+    return [(names[int(i)] if int(i) < len(names) else str(int(i)), float(c)) for i, c in zip(idx, conf)]
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt_time(s: float) -> str:
+    m, s = divmod(int(round(s)), 60)
+    return f"{m}:{s:02d}"
+
+
+def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: bool = False) -> Path:
+    """Write RUN/report.md and RUN/pictures/ for a finished `focalnet train` run; returns report.md's path.
+
+    num_pictures: test images to picture (one per class, 0 for none). Existing pictures or report are
+    refused unless `overwrite`."""
+    from .checkpoint import atomic_write
+    from .factory import load_model
+    from .viz import write_pictures
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunReportError(f"{run} is not a folder; pass the output folder of `focalnet train`")
+    missing = [n for n in ("summary.json", "model.safetensors") if not (run / n).is_file()]
+    if missing:
+        raise RunReportError(
+            f"{run} lacks {', '.join(missing)}: it is not a finished `focalnet train` run "
+            f"(an interrupted run continues with `focalnet train --resume {run}`)"
+        )
+    report_path = run / "report.md"
+    pictures = run / "pictures"
+    if not overwrite and (report_path.exists() or (num_pictures and pictures.exists())):
+        raise FileExistsError(f"{report_path if report_path.exists() else pictures} exists; pass overwrite=True (CLI: --force)")
+    summary = _read_json(run / "summary.json")
+    history = []
+    if (run / "metrics.jsonl").is_file():
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ev = _read_json(run / "eval" / "eval.json") if (run / "eval" / "eval.json").is_file() else None
+    config: dict = {}
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    summary["config"] = config
+
+    model = load_model(run / "model.safetensors").eval()
+    shown: list[str] = []
+    if num_pictures > 0:
+        samples = _test_images(summary, num_pictures)
+        if samples:
+            names, images, labels = zip(*samples)
+            preds = _predict(model, list(images), summary["classes"])
+            written = write_pictures(model, list(images), pictures, names=list(names), overwrite=overwrite,
+                                     title=summary.get("model"))
+            for name, label, (pred, conf), path in zip(names, labels, preds, written):
+                shown.append(f"**{name}** (true: {summary['classes'][label]}; predicted: {pred}, {conf:.0%})\n\n"
+                             f"![{name}](pictures/{path.name})")
+            if (pictures / "kernels.png").is_file():
+                shown.append("**Depthwise kernels** of every focal level (and their composition, the receptive "
+                             "field each level adds)\n\n![kernels](pictures/kernels.png)")
+
+    s = summary
+    arch = s.get("arch") or {}
+    arch_text = ", ".join(f"{k} {v}" for k, v in arch.items()) or "as registered"
+    macs = f"{s['macs'] / 1e6:.1f} M MACs at {s.get('img_size')} px" if s.get("macs") else "MACs not measured"
+    lines = [
+        f"# {s['model']} on {s['data']}",
+        "",
+        f"{s['model']} ({arch_text}): {s['num_params'] / 1e6:.2f} M parameters, {macs}. "
+        f"Trained on {s['num_train']} images for {s['epochs']} epochs on {s.get('world_size', 1)} process(es) "
+        f"({s.get('device', 'cpu')}); tested on {s['num_test']} {s['split']} images.",
+        "",
+        _md_table(["", "top-1", "top-5"], [
+            ["final weights", f"**{s['final']['top1']:.2f} %**", f"{s['final']['top5']:.2f} %"],
+            [f"best epoch ({s['best'].get('epoch', '-')})", f"{s['best']['top1']:.2f} %", f"{s['best'].get('top5', float('nan')):.2f} %"],
+        ] + ([["EMA weights", f"{s['final_ema']['top1']:.2f} %", f"{s['final_ema']['top5']:.2f} %"]] if "final_ema" in s else [])),
+        "",
+        f"Training time {_fmt_time(s['train_time_s'])} ({s['train_time_s']:.0f} s, evaluation after each epoch included), "
+        f"{_fmt_time(s['wall_time_s'])} in all"
+        + (f", {s['train_img_per_s']:.0f} training images/s." if s.get("train_img_per_s") else ".")
+        + (f" {s['stopped_early']}." if s.get("stopped_early") else ""),
+        "",
+    ]
+    if ev is not None:
+        lines += [f"`focalnet eval` of model.safetensors (eval/eval.json): top-1 {ev['top1']:.2f} %, top-5 {ev['top5']:.2f} % "
+                  f"on {ev['images']} images.", ""]
+    if history:
+        lines += ["## Per epoch", "", _md_table(
+            ["epoch", "train loss", "lr", "test loss", "test top-1", "img/s", "elapsed"],
+            [[r["epoch"], f"{r['train_loss']:.4f}", f"{r['lr']:.2e}", f"{r.get('test_loss', float('nan')):.4f}",
+              f"{r.get('test_top1', float('nan')):.2f} %", f"{r.get('train_img_per_s', 0):.0f}", _fmt_time(r.get("elapsed", 0))]
+             for r in history]), "", "![curves](curves.png)", ""]
+    per_class = s.get("per_class_top1") or {}
+    if per_class:
+        confused = {}
+        if ev is not None and len(ev.get("confusion", [])) == len(s["classes"]):
+            for i, row in enumerate(ev["confusion"]):
+                off = [(n, j) for j, n in enumerate(row) if j != i]
+                n, j = max(off) if off else (0, i)
+                confused[s["classes"][i]] = f"{s['classes'][j]} ({n})" if n else "-"
+        lines += ["## Per class", "", _md_table(
+            ["class", "test top-1", "most confused with"],
+            [[c, "-" if v is None else f"{v:.1f} %", confused.get(c, "")] for c, v in per_class.items()]),
+            "", "![confusion](confusion.png)", ""]
+    if shown:
+        lines += ["## What the modulation does", "",
+                  "For each image: the gates of every focal level and of the global context, the aggregated "
+                  "context and the modulator magnitude |h(.)| of the last block of every stage "
+                  "(`focalnet visualize`; layout in pictures/pictures.json).", ""]
+        for item in shown:
+            lines += [item, ""]
+    if config:
+        lines += ["## Configuration (config.yaml)", "", "```yaml", (run / "config.yaml").read_text().rstrip(), "```", ""]
+    with atomic_write(report_path, "w") as f:
+        f.write("\n".join(lines))
+    return report_path
