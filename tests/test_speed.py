@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from focalnet.fast import FusedFocalNet, fuse_for_inference, is_fused
@@ -254,3 +255,28 @@ def test_peak_memory_is_measured_in_a_fresh_process():
 
     peak = bench.peak_training_memory("ours", variant="focalnet_tiny_iso", batch_size=2, img_size=64, steps=1)
     assert peak > 0
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (4, 4), (4, 7), (14, 14)])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_depthwise_conv_and_gelu_equal_their_torch_counterparts(hw, k):
+    """DepthwiseConv2d pre-pads small maps while recording gradients and GELU runs on the NHWC view of
+    channels-last maps (both for CPU speed): values and gradients must equal nn.Conv2d / nn.GELU."""
+    from focalnet.layers import GELU, DepthwiseConv2d
+
+    torch.manual_seed(0)
+    ours = nn.Sequential(DepthwiseConv2d(6, k), GELU())
+    ref = nn.Sequential(nn.Conv2d(6, 6, k, padding=k // 2, groups=6, bias=False), nn.GELU())
+    ref.load_state_dict(ours.state_dict())
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(3, 6, *hw).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+        assert ya.is_contiguous(memory_format=fmt)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours[0].weight.grad, ref[0].weight.grad, rtol=1e-5, atol=1e-5)
+        ours.zero_grad(), ref.zero_grad()

@@ -106,13 +106,48 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class GELU(nn.GELU):
+    """nn.GELU that runs on the NHWC view of a channels-last map.
+
+    PyTorch's CPU GELU kernels (forward and backward) take a slower, non-vectorised path for a
+    channels-last tensor that is not also NCHW-contiguous; its permuted (B, H, W, C) view is plain
+    contiguous memory, so the same values come out up to 2x faster (benchmarks/gelu_layout.py).
+    Same parameters, same results, same output strides as nn.GELU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
+        return F.gelu(x, approximate=self.approximate)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise k x k convolution with zero 'same' padding (a focal level's contextualization), no bias.
+
+    Same parameters and values as nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False). When the
+    padding reaches half the map (small maps late in the network: a 5x5 kernel on a 4x4 map), PyTorch's
+    CPU backward of a padded depthwise convolution is 1.2-8x slower than the backward of an explicit pad
+    followed by an unpadded convolution (benchmarks/depthwise_small_maps.py), while its forward is faster;
+    so the explicit pad is used only when gradients are recorded."""
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.kernel_size[0] // 2
+        if p and torch.is_grad_enabled() and 2 * p >= min(x.shape[-2], x.shape[-1]) and (
+            x.requires_grad or self.weight.requires_grad
+        ):
+            return F.conv2d(F.pad(x, (p, p, p, p)), self.weight, None, 1, 0, 1, self.groups)
+        return F.conv2d(x, self.weight, None, 1, p, 1, self.groups)
+
+
 class Mlp(nn.Module):
     """Channel MLP: 1x1 conv (C -> ratio*C), GELU, 1x1 conv (ratio*C -> C)."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
         self.drop2 = nn.Dropout(drop)
@@ -160,12 +195,12 @@ class FocalModulation(nn.Module):
         self.f = nn.Conv2d(dim, 2 * dim + focal_level + 1, kernel_size=1, bias=bias)
         self.focal_layers = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size=k, padding=k // 2, groups=dim, bias=False),
-                nn.GELU(),
+                DepthwiseConv2d(dim, k),
+                GELU(),
             )
             for k in self.kernel_sizes
         )
-        self.global_act = nn.GELU()
+        self.global_act = GELU()
         self.h = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
         self.norm = LayerNorm2d(dim) if use_post_norm_in_modulation else nn.Identity()
         self.proj = nn.Conv2d(dim, dim, kernel_size=1)
