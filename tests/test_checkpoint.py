@@ -212,6 +212,15 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("disk full")
     assert path.read_bytes() == b"old content"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]  # no temporary left behind
+    # a finished write has the permissions a plain open() gives (the temporary file's 0600 is not kept)
+    mask = os.umask(0o022)
+    try:
+        save_model(small("focalnet_tiny_srf"), tmp_path / "m.safetensors")
+        with atomic_write(tmp_path / "a.json", "w") as f:
+            f.write("{}")
+        assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "m.safetensors", tmp_path / "a.json")} == {"0o644"}
+    finally:
+        os.umask(mask)
 
 
 def test_unreadable_files_are_clear_errors(tmp_path):

@@ -97,6 +97,13 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _umask_mode() -> int:
+    """The permissions a plain open() would give a new file (mkstemp's temporary files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success flush, fsync and rename it onto `path`.
@@ -110,6 +117,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _umask_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -128,6 +136,7 @@ def _atomic_save_file(path: PathLike, writer: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, _umask_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

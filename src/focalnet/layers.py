@@ -111,7 +111,7 @@ class GELU(nn.GELU):
 
     PyTorch's CPU GELU kernels (forward and backward) take a slower, non-vectorised path for a
     channels-last tensor that is not also NCHW-contiguous; its permuted (B, H, W, C) view is plain
-    contiguous memory, so the same values come out up to 2x faster (benchmarks/gelu_layout.py).
+    contiguous memory, so the same values come out up to 2x faster (benchmarks/training_layers.py).
     Same parameters, same results, same output strides as nn.GELU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class DepthwiseConv2d(nn.Conv2d):
     Same parameters and values as nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False). When the
     padding reaches half the map (small maps late in the network: a 5x5 kernel on a 4x4 map), PyTorch's
     CPU backward of a padded depthwise convolution is 1.2-8x slower than the backward of an explicit pad
-    followed by an unpadded convolution (benchmarks/depthwise_small_maps.py), while its forward is faster;
+    followed by an unpadded convolution (benchmarks/training_layers.py), while its forward is faster;
     so the explicit pad is used only when gradients are recorded."""
 
     def __init__(self, dim: int, kernel_size: int) -> None:

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every registered variant beside its published numbers")
     p.add_argument("--sweep", action="store_true",
                    help="cost and time vs image size: FocalNet vs timm's Swin (window) and ViT (global attention)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[224, 320, 448, 640], help="sweep sizes (px, square)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 384, 512, 768, 1024], help="sweep sizes (px, square)")
     p.add_argument("--models", nargs="+", default=None,
                    help="sweep models (default: focalnet_tiny_srf swin_tiny_patch4_window7_224 vit_small_patch16_224)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per model and size (median reported)")
