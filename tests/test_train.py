@@ -272,3 +272,32 @@ def test_in22k_checkpoint_evaluates_through_the_1k_label_map(tmp_path):
     r = evaluate_checkpoint(str(tmp_path / "in22k.safetensors"), str(root), img_size=32, progress="off")
     assert r["head"].startswith("ImageNet-22K head sliced") and r["images"] == 2
     assert r["top1"] == 50.0 and r["confusion"][3][3] == 1 and r["confusion"][7][3] == 1
+
+
+def test_updates_that_fit_count_one_evaluation_per_begun_epoch():
+    # 30 updates per epoch at 1 s, 10 s per evaluation: 3 epochs (70 updates + 3 evaluations) fill 100 s
+    assert engine.updates_that_fit(100, update_s=1, eval_s=10, updates_per_epoch=30) == 70
+    assert engine.updates_that_fit(35, update_s=1, eval_s=10, updates_per_epoch=30) == 25  # part of one epoch
+    assert engine.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30) == 1  # at least one step
+    assert engine.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30, minimum=0) == 0
+
+
+def test_time_budget_ends_inside_the_last_epoch_with_the_cosine_finished(tmp_path, monkeypatch):
+    # the plan (8 optimizer steps, 6 per epoch) is forced so that the outcome does not depend on this machine's speed
+    plans = iter([8, 2])  # the first plan, then the re-plan after epoch 1: 6 + 2 = 8 steps again
+    monkeypatch.setattr(engine, "updates_that_fit", lambda budget_s, **kw: next(plans))
+    out = tmp_path / "budget"
+    s = train(TrainConfig(**TINY_DIGITS, time_budget=60, output=str(out)))
+    assert s["updates"] == 8 and s["epochs"] == 2 and s["epochs_trained"] == pytest.approx(8 / 6, abs=0.01)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [6, 8] and all("test_top1" in r for r in lines)
+    min_lr = yaml.safe_load((out / "config.yaml").read_text())["min_lr"] * 64 / 1024
+    assert lines[-1]["lr"] == pytest.approx(min_lr, rel=1e-6)  # the cosine reached its end at step 8
+    state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert state["total_updates"] == 8 and state["global_step"] == 8
+
+
+def test_time_budget_plans_from_measured_speed(tmp_path):
+    s = train(TrainConfig(**TINY_DIGITS, time_budget=4, output=str(tmp_path / "b")))
+    assert s["epochs"] == -(-s["updates"] // 6) and s["updates"] >= 1
+    assert s["train_time_s"] < 2 * 4 + 2  # planned to fit, with room for a loaded machine

@@ -211,6 +211,7 @@ def train_one_epoch(
     skip_bad_images: bool = False,
     progress: bool = False,
     last_good_checkpoint: Optional[str] = None,
+    max_updates: Optional[int] = None,
 ) -> dict:
     """One pass over `loader`: forward, loss, backward, clip, step, per-step lr schedule, EMA.
 
@@ -219,7 +220,8 @@ def train_one_epoch(
     `scheduler.step_update(global_step)` follows every step (timm schedulers). A NaN or infinite loss
     raises NonFiniteLossError before the weights change. Returns the epoch's mean loss, images, time,
     images/s, optimizer steps, unreadable images skipped and the last learning rate; `global_step` in
-    the result is the updated step counter.
+    the result is the updated step counter. With `max_updates` the pass ends early once `global_step`
+    reaches it (the last, partial epoch of a --time-budget run; every DDP rank stops at the same step).
     """
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -294,13 +296,16 @@ def train_one_epoch(
                 ema.update(unwrap_model(model), step=global_step)
         loss_sum += value.double() * len(x)
         images += len(x)
+        done = update and max_updates is not None and global_step >= max_updates
         if bar is not None:
             bar.update(1)
-            if i % 10 == 0 or i + 1 == n_batches:
+            if i % 10 == 0 or i + 1 == n_batches or done:
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{loss_sum.item() / max(images, 1):.4f}",
                                 img_s=f"{images * world / max(elapsed, 1e-9):.0f}",
                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+        if done:
+            break
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start
@@ -446,8 +451,17 @@ def replicas_identical(model: nn.Module) -> bool:
     return all(int(t.item()) == int(mine.item()) for t in everyone)
 
 
-def epochs_that_fit(budget_s: float, epoch_s: float, minimum: int = 1) -> int:
-    """How many whole epochs of `epoch_s` seconds fit in `budget_s` seconds."""
-    if epoch_s <= 0:
-        return minimum
-    return max(minimum, int(math.floor(budget_s / epoch_s)))
+def updates_that_fit(budget_s: float, *, update_s: float, eval_s: float, updates_per_epoch: int,
+                     minimum: int = 1) -> int:
+    """How many optimizer updates fit in `budget_s` seconds when each costs `update_s` and every epoch,
+    the last (possibly partial) one included, ends with an evaluation of `eval_s` seconds."""
+    if update_s <= 0:
+        return max(minimum, updates_per_epoch)
+    best = 0
+    for epochs in range(1, 100_000):
+        room = budget_s - epochs * eval_s  # seconds left for updates if the run has this many epochs
+        fit = min(epochs * updates_per_epoch, int(math.floor(room / update_s)))
+        if fit <= (epochs - 1) * updates_per_epoch:  # not even one update of this epoch fits
+            break
+        best = fit
+    return max(minimum, best)

@@ -77,8 +77,10 @@ def build_summary(
     device: str,
     config: dict,
     stopped_early: Optional[str] = None,
+    updates_per_epoch: Optional[int] = None,
 ) -> dict:
-    """summary.json: final and best test accuracy, how long, how fast, how big."""
+    """summary.json: final and best test accuracy, how long, how fast, how big. `epochs` counts the epochs
+    begun (the last of a --time-budget run may be partial), `epochs_trained` the passes over the data."""
     imgs = sum(r.get("train_img_per_s", 0) * r.get("train_time", 0) for r in history)
     t = sum(r.get("train_time", 0) for r in history)
     s = dict(
@@ -91,6 +93,7 @@ def build_summary(
         classes=list(info.class_names),
         epochs=len(history),
         epochs_planned=config.get("epochs"),
+        updates=history[-1]["step"] if history else 0,
         final=dict(top1=final["top1"], top5=final["top5"], loss=final["loss"]),
         best=dict(best),
         per_class_top1=dict(zip(info.class_names, final["per_class"])),
@@ -103,6 +106,8 @@ def build_summary(
         world_size=world_size,
         device=device,
     )
+    if updates_per_epoch:
+        s["epochs_trained"] = round(s["updates"] / updates_per_epoch, 2)
     if final_ema is not None:
         s["final_ema"] = dict(top1=final_ema["top1"], top5=final_ema["top5"], loss=final_ema["loss"])
         s["best_ema_top1"] = max((r["ema_test_top1"] for r in history if "ema_test_top1" in r), default=None)
@@ -119,7 +124,7 @@ def build_summary(
 def summary_lines(s: dict) -> list[str]:
     lines = [
         f"final: test top-1 {s['final']['top1']:.2f}%, top-5 {s['final']['top5']:.2f}% on {s['num_test']} {s['split']} images "
-        f"after {s['epochs']} epochs",
+        f"after {s.get('epochs_trained', s['epochs'])} epochs",
     ]
     if s["best"].get("epoch"):
         lines.append(f"best:  test top-1 {s['best']['top1']:.2f}% (epoch {s['best']['epoch']})")

@@ -157,7 +157,7 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
         f"# {s['model']} on {s['data']}",
         "",
         f"{s['model']} ({arch_text}): {s['num_params'] / 1e6:.2f} M parameters, {macs}. "
-        f"Trained on {s['num_train']} images for {s['epochs']} epochs on {s.get('world_size', 1)} process(es) "
+        f"Trained on {s['num_train']} images for {s.get('epochs_trained', s['epochs'])} epochs on {s.get('world_size', 1)} process(es) "
         f"({s.get('device', 'cpu')}); tested on {s['num_test']} {s['split']} images.",
         "",
         _md_table(["", "top-1", "top-5"], [

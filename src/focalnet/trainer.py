@@ -118,8 +118,9 @@ class TrainConfig:
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact --resume on the CPU)")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N")
-    time_budget: Optional[float] = _f(None, "seconds of training: the epochs are chosen to fit (measured on the first "
-                                            "steps) and the run stops early if it would overrun")
+    time_budget: Optional[float] = _f(None, "seconds of training: the optimizer steps are chosen to fit (measured on "
+                                            "the first steps, re-planned after the first epoch; the last epoch may "
+                                            "be partial) and the run stops early if it would overrun")
     eval_every: int = _f(1, "evaluate every N epochs (and after the last)")
     tensorboard: bool = _f(False, "write TensorBoard logs to OUTPUT/tensorboard")
     progress: str = _f("auto", "progress bars: auto (when stderr is a terminal), on, off")
@@ -290,11 +291,13 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, *, epochs: int, updates_per_epoch: int,
-                    global_batch: int) -> Any:
-    """timm's per-step cosine schedule with a linear warm-up prefix (the authors' setup)."""
+                    global_batch: int, total_updates: Optional[int] = None) -> Any:
+    """timm's per-step cosine schedule with a linear warm-up prefix (the authors' setup). The cosine ends
+    after `total_updates` optimizer steps (default: `epochs` whole epochs; a --time-budget run may end
+    inside its last epoch)."""
     from timm.scheduler import CosineLRScheduler
 
-    total = max(1, epochs * updates_per_epoch)
+    total = max(1, total_updates if total_updates is not None else epochs * updates_per_epoch)
     warmup = min(int(round(recipe.warmup_epochs * updates_per_epoch)), total - 1)
     return CosineLRScheduler(
         optimizer,
@@ -491,8 +494,10 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
     planned_note = ""
     planned = False
     calib_time = 0.0
+    total_updates: Optional[int] = None  # optimizer steps of the whole run (whole epochs unless time-budgeted)
     if state is not None:
         epochs = int(state["config"]["epochs"])
+        total_updates = state.get("total_updates")
     elif cfg.time_budget and cfg.epochs is None:
         t0 = time.perf_counter()
         set_loader_epoch(train_loader, 0, cfg.seed, env.rank)
@@ -500,21 +505,25 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
                                       env.device, mixup_fn)
         calib_time = time.perf_counter() - t0
         evals = (2 if ema is not None else 1) / max(cfg.eval_every, 1)
-        epoch_s = len(train_loader) * t_batch + evals * len(eval_loader) * t_eval
-        times = torch.tensor([epoch_s], dtype=torch.float64)
+        times = torch.tensor([t_batch * cfg.accum_steps, evals * len(eval_loader) * t_eval], dtype=torch.float64)
         if env.distributed:
             torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
-        epoch_s = float(times.item()) * 1.04  # a margin for checkpoints, plots and drift
-        epochs = engine.epochs_that_fit(cfg.time_budget - calib_time, epoch_s)
+        update_s, eval_s = (float(v) * 1.04 for v in times)  # a margin for checkpoints, plots and drift
+        total_updates = engine.updates_that_fit(cfg.time_budget - calib_time, update_s=update_s, eval_s=eval_s,
+                                                updates_per_epoch=updates_per_epoch)
+        epochs = math.ceil(total_updates / updates_per_epoch)
         planned = True
         planned_note = (f"time budget {cfg.time_budget:.0f} s: measured {t_batch * 1e3:.0f} ms per batch of "
-                        f"{recipe.batch_size} ({recipe.batch_size / max(t_batch, 1e-9):.0f} img/s), about {epoch_s:.0f} s per "
-                        f"epoch with evaluation -> {epochs} epochs")
+                        f"{recipe.batch_size} ({recipe.batch_size / max(t_batch, 1e-9):.0f} img/s) and about "
+                        f"{eval_s:.0f} s per evaluation -> {total_updates} optimizer steps "
+                        f"({total_updates / updates_per_epoch:.2f} epochs)")
     else:
         epochs = recipe.epochs
+    if total_updates is None:
+        total_updates = epochs * updates_per_epoch
     recipe = recipe.replace(epochs=epochs)
     scheduler = build_scheduler(optimizer, recipe, epochs=epochs, updates_per_epoch=updates_per_epoch,
-                                global_batch=global_batch)
+                                global_batch=global_batch, total_updates=total_updates)
     resolved = _resolved_config(cfg, recipe, epochs)
     resolved["output"] = str(out)
 
@@ -560,7 +569,8 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         _say(env, f"resumed from {state['path']} after epoch {start_epoch} (step {global_step})")
 
     loop_start = time.perf_counter() - calib_time
-    epoch_times: list[float] = []
+    update_times: list[float] = []  # seconds per optimizer step, per epoch
+    epoch_overheads: list[float] = []  # seconds of each epoch outside its training steps (evaluation, ...)
     last_ckpt = str(ckpt_dir / "last.pth") if state is not None else None
     final_eval, final_ema_eval = None, None
     stopped_early = None
@@ -574,7 +584,7 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
             train_model, train_loader, optimizer, criterion, device=env.device, epoch=epoch, num_epochs=epochs,
             scheduler=scheduler, global_step=global_step, mixup_fn=mixup_fn, amp=cfg.amp, scaler=scaler,
             accum_steps=cfg.accum_steps, clip_grad=recipe.clip_grad, ema=ema, skip_bad_images=cfg.skip_bad_images,
-            progress=progress, last_good_checkpoint=last_ckpt,
+            progress=progress, last_good_checkpoint=last_ckpt, max_updates=total_updates,
         )
         global_step = stats["global_step"]
         record: dict = dict(epoch=epoch + 1, step=global_step, train_loss=stats["loss"], lr=stats["lr"],
@@ -595,23 +605,26 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         if env.distributed:
             record["replicas_identical"] = engine.replicas_identical(model)
         epoch_time = time.perf_counter() - t_epoch
-        epoch_times.append(epoch_time)
+        update_times.append(stats["time"] / max(stats["steps"], 1))
+        epoch_overheads.append(max(epoch_time - stats["time"], 0.0))
         record["epoch_time"] = epoch_time
         record["elapsed"] = train_time_before + (time.perf_counter() - loop_start)
         if planned and epoch == start_epoch and not last_epoch:
-            # re-plan from the first epoch's real duration (the probe's few steps can be off by tens of %)
-            spent = torch.tensor([record["elapsed"], epoch_time], dtype=torch.float64)
+            # re-plan from the first epoch's real timings (the probe's few steps can be off by tens of %)
+            spent = torch.tensor([record["elapsed"], update_times[-1], epoch_overheads[-1]], dtype=torch.float64)
             if env.distributed:
                 torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.MAX)
-            more = engine.epochs_that_fit(cfg.time_budget - float(spent[0]), float(spent[1]) * 1.02, minimum=0)
-            if epoch + 1 + more != epochs:
-                _say(env, f"time budget: the first epoch took {float(spent[1]):.0f} s -> {epoch + 1 + more} epochs "
-                          f"instead of {epochs}")
-                epochs = epoch + 1 + more
+            more = engine.updates_that_fit(cfg.time_budget - float(spent[0]), update_s=float(spent[1]) * 1.02,
+                                           eval_s=float(spent[2]) * 1.02, updates_per_epoch=updates_per_epoch, minimum=0)
+            if global_step + more != total_updates:
+                _say(env, f"time budget: the first epoch took {epoch_time:.0f} s -> {global_step + more} optimizer "
+                          f"steps ({(global_step + more) / updates_per_epoch:.2f} epochs) instead of {total_updates}")
+                total_updates = global_step + more
+                epochs = epoch + 1 + math.ceil(more / updates_per_epoch)
                 recipe = recipe.replace(epochs=epochs)
                 resolved["epochs"] = epochs
                 scheduler = build_scheduler(optimizer, recipe, epochs=epochs, updates_per_epoch=updates_per_epoch,
-                                            global_batch=global_batch)
+                                            global_batch=global_batch, total_updates=total_updates)
                 scheduler.step_update(num_updates=global_step)
                 if env.is_main:
                     _write_yaml(resolved, out / "config.yaml")
@@ -634,6 +647,7 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
                 ema=ema.state_dict() if ema is not None else None,
                 epoch=epoch + 1,
                 global_step=global_step,
+                total_updates=total_updates,
                 best=best,
                 history=history,
                 train_time=record["elapsed"],
@@ -660,9 +674,10 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         if cfg.time_budget and not last_epoch:
             # the typical epoch (the first one is slower: allocations, warm-up); 2% tolerance for drift, since
             # cutting the cosine short costs more accuracy than a few seconds over the budget
-            mean_epoch = sorted(epoch_times)[len(epoch_times) // 2]
-            if record["elapsed"] + mean_epoch > cfg.time_budget * 1.02:
-                stopped_early = (f"stopped after epoch {epoch + 1} of {epochs}: another epoch (about {mean_epoch:.0f} s) "
+            med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+            next_epoch = min(total_updates - global_step, updates_per_epoch) * med(update_times) + med(epoch_overheads)
+            if record["elapsed"] + next_epoch > cfg.time_budget * 1.02:
+                stopped_early = (f"stopped after epoch {epoch + 1} of {epochs}: another epoch (about {next_epoch:.0f} s) "
                                  f"would overrun the time budget of {cfg.time_budget:.0f} s")
                 _say(env, "warning: " + stopped_early)
                 if final_eval is None or "test_top1" not in record:
@@ -679,6 +694,7 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         history=history, final=final_eval, final_ema=final_ema_eval, best=best, info=info, model_name=arch_name,
         num_params=num_params, macs=macs, img_size=img_size, train_time=train_time, wall_time=time.time() - t_start,
         world_size=env.world_size, device=str(env.device), config=resolved, stopped_early=stopped_early,
+        updates_per_epoch=updates_per_epoch,
     )
     if env.is_main:
         atomic_json(summary, out / "summary.json")
