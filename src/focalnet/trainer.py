@@ -354,6 +354,10 @@ def _write_yaml(obj: dict, path: Path) -> None:
         yaml.safe_dump(obj, f, sort_keys=False)
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else 0.0
+
+
 def _time_steps(model: nn.Module, loader: Any, eval_loader: Any, criterion: nn.Module, recipe: Recipe, lr: float,
                 cfg: TrainConfig, device: torch.device, mixup_fn: Any, n_steps: int = 12, n_warm: int = 3) -> tuple[float, float]:
     """Seconds per training batch and per evaluation batch, measured on a copy of the model (the run itself
@@ -394,8 +398,7 @@ def _time_steps(model: nn.Module, loader: Any, eval_loader: Any, criterion: nn.M
                     probe(x.to(device))
             if i >= 1:
                 eval_times.append(time.perf_counter() - t0)
-    med = lambda v: sorted(v)[len(v) // 2] if v else 0.0  # noqa: E731
-    return med(times), med(eval_times)
+    return _median(times), _median(eval_times)
 
 
 def train(cfg: TrainConfig, *, model: Optional[nn.Module] = None) -> dict:
@@ -674,8 +677,8 @@ def _train(cfg: TrainConfig, env: engine.DistEnv, given_model: Optional[nn.Modul
         if cfg.time_budget and not last_epoch:
             # the typical epoch (the first one is slower: allocations, warm-up); 2% tolerance for drift, since
             # cutting the cosine short costs more accuracy than a few seconds over the budget
-            med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-            next_epoch = min(total_updates - global_step, updates_per_epoch) * med(update_times) + med(epoch_overheads)
+            next_epoch = (min(total_updates - global_step, updates_per_epoch) * _median(update_times)
+                          + _median(epoch_overheads))
             if record["elapsed"] + next_epoch > cfg.time_budget * 1.02:
                 stopped_early = (f"stopped after epoch {epoch + 1} of {epochs}: another epoch (about {next_epoch:.0f} s) "
                                  f"would overrun the time budget of {cfg.time_budget:.0f} s")
