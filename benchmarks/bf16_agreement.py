@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import foolbox
-from focalnet.fast import fuse_for_inference
+from focalnet.deploy.fused import fuse_for_inference
 from focalnet.registry import build_model, get_spec
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from focalnet import create_model, save_model
-from focalnet.checkpoint import atomic_json
+from focalnet.utils import atomic_json
 from focalnet.dense import maskrcnn_focalnet, save_dense_checkpoint, upernet_focalnet
 from focalnet.dense.data import CANVAS_CLASSES, CanvasDataset, canvas_detector_args, load_fashion_mnist
 from focalnet.dense.draw import save_png

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from focalnet import create_model
-from focalnet.export import export_model, verify_export
+from focalnet.deploy.export import export_model, verify_export
 
 
 def main() -> None:

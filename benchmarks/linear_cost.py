@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from focalnet.bench import _interleaved, build_implementation, machine_state
+from focalnet.deploy.bench import _interleaved, build_implementation, machine_state
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python benchmarks/train_compare.py --time-budget 300 --output runs/compare
 
-Each model is trained by `focalnet.trainer.train` with the configuration of configs/fashion-mnist.yaml (the
+Each model is trained by `focalnet.train.run.train` with the configuration of configs/fashion-mnist.yaml (the
 main job's: recipe 'small', AdamW, lr 3.2e-2 per 1024 images at batch 128, weight decay 0.05 on weights only,
 cosine with warm-up, no augmentation) for the same time budget: the trainer measures each model's speed and
 fits its optimizer steps (and the cosine) to the budget, the last epoch possibly partial; each is evaluated
@@ -32,8 +32,9 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from focalnet.checkpoint import atomic_json, atomic_write  # noqa: E402
-from focalnet.trainer import TrainConfig, load_yaml_config, train  # noqa: E402
+
+from focalnet.utils import atomic_json, atomic_write  # noqa: E402
+from focalnet.train import TrainConfig, load_yaml_config, train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.yaml"
 
@@ -76,7 +77,7 @@ def main() -> int:
     p.add_argument("--dry-run", action="store_true", help="only build the models and print their size")
     args = p.parse_args()
 
-    from focalnet.report import try_count_macs
+    from focalnet.train.artifacts import try_count_macs
 
     base = load_yaml_config(str(CONFIG))
     base.pop("arch", None)

@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import focalnet  # noqa: E402
-from focalnet.report import try_count_macs  # noqa: E402
-from focalnet.trainer import _fit_stage_lists  # noqa: E402
+from focalnet.train.artifacts import try_count_macs  # noqa: E402
+from focalnet.train.build import fit_stage_lists  # noqa: E402
 
 CONFIGS = {
     "dim 32, depths 2-2-2, patch 2": dict(embed_dim=32, depths=[2, 2, 2], patch_size=2),
@@ -44,7 +44,7 @@ def main() -> int:
     for batch in args.batch_sizes:
         for name, arch in CONFIGS.items():
             model = focalnet.create_model("focalnet_tiny_srf", in_chans=1, num_classes=10, drop_path_rate=0.05,
-                                          **_fit_stage_lists("focalnet_tiny_srf", dict(arch)))
+                                          **fit_stage_lists("focalnet_tiny_srf", dict(arch)))
             opt = torch.optim.AdamW(model.parameters(), 1e-3)
             x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
             times = []

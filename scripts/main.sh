@@ -22,7 +22,7 @@ FOCALNET=(.venv/bin/python -m focalnet.cli)
 
 CONFIG=configs/fashion-mnist.yaml
 DATA=fashion-mnist
-if ! .venv/bin/python -c "from focalnet.data import load_fashion_mnist; load_fashion_mnist()" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "from focalnet.train.data import load_fashion_mnist; load_fashion_mnist()" >/dev/null 2>&1; then
   echo "Fashion-MNIST is not available on this machine (no Debian package, no network):"
   echo "training on scikit-learn's 8x8 digits instead (configs/digits.yaml)."
   CONFIG=configs/digits.yaml

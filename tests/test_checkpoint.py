@@ -9,15 +9,9 @@ import pytest
 import torch
 
 import focalnet
-from focalnet.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_into,
-    read_checkpoint,
-    save_model,
-    write_checkpoint,
-)
-from focalnet.convert import ConversionError, detect_layout, from_focalnet, to_focalnet
+from focalnet.checkpoints import CheckpointError, load_into, read_checkpoint, save_model, write_checkpoint
+from focalnet.utils import atomic_write
+from focalnet.checkpoints.convert import ConversionError, detect_layout, from_focalnet, to_focalnet
 from focalnet.registry import build_model
 
 from conftest import perturb_, small_overrides
@@ -239,6 +233,23 @@ def test_unreadable_files_are_clear_errors(tmp_path):
         from_focalnet(small("focalnet_tiny_iso").state_dict(), "timm", small("focalnet_tiny_iso").arch)
 
 
+def test_damaged_configs_and_metadata_are_checkpoint_errors(tmp_path):
+    model = small("focalnet_tiny_srf")
+    write_checkpoint(model.state_dict(), model.arch, tmp_path / "hf", fmt="hf")
+    config = (tmp_path / "hf" / "config.json").read_text()
+    (tmp_path / "hf" / "config.json").write_text(config[:40])
+    with pytest.raises(CheckpointError, match="config.json as JSON"):
+        read_checkpoint(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(config.replace('"gelu"', '"relu"'))
+    with pytest.raises(CheckpointError, match="hf: only hidden_act='gelu'"):
+        read_checkpoint(tmp_path / "hf")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"format": "focalnet", "arch": "{"})
+    with pytest.raises(CheckpointError, match="damaged focalnet metadata"):
+        read_checkpoint(tmp_path / "bad.safetensors")
+
+
 def test_download_without_network_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("FOCALNET_HOME", str(tmp_path))
     import torch.hub
@@ -254,7 +265,7 @@ def test_download_without_network_is_a_clear_error(monkeypatch, tmp_path):
 def test_saved_preprocessing_travels_with_the_weights(tmp_path):
     """A model trained on Fashion-MNIST must be fed Fashion-MNIST's normalisation by predict/visualize,
     not ImageNet's gray mean: our format stores it, load_model and create_model restore it."""
-    from focalnet.predict import preprocessing_for
+    from focalnet.inspect.predict import preprocessing_for
 
     src = small("focalnet_tiny_srf", in_chans=1)
     pre = dict(mean=[0.286], std=[0.353], img_size=28, crop_pct=1.0)

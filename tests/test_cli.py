@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from focalnet.checkpoint import read_checkpoint, save_model
+from focalnet.checkpoints import read_checkpoint, save_model
 from focalnet.cli import main
 from focalnet.registry import build_model
 
@@ -55,3 +56,23 @@ def test_info_and_convert(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_only_project_errors_become_one_line(tmp_path, monkeypatch, capsys):
+    import focalnet.cli.models as commands
+    from focalnet.registry import UnknownModelError
+
+    save_model(build_model("focalnet_tiny_iso", embed_dim=16, depth=1, num_classes=2), tmp_path / "m.safetensors")
+    # a project error: one line, exit status 2, no traceback; the registry's KeyError keeps its plain message
+    args = ["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "o.pth"), "--to", "official"]
+    assert main([*args, "--model", "focalnet_tiny_sfr"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("focalnet convert: error: unknown model 'focalnet_tiny_sfr'") and len(err.splitlines()) == 1
+
+    def broken(args):  # a bug: a KeyError from inside a command keeps its traceback
+        raise KeyError("stem.proj.weight")
+
+    monkeypatch.setattr(commands, "cmd_list", broken)
+    with pytest.raises(KeyError) as e:
+        main(["list"])
+    assert not isinstance(e.value, UnknownModelError)

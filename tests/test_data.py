@@ -1,4 +1,5 @@
-"""Data sources, transforms and loaders of focalnet.data, on the data sets that packages ship."""
+"""Data sources (focalnet.datasets), transforms and loaders of focalnet.train.data, on the data sets that
+packages ship."""
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from focalnet import data as D
-from focalnet.recipes import get_recipe
+from focalnet import datasets as DS
+from focalnet.train import data as D
+from focalnet.train.recipes import get_recipe
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -45,50 +47,77 @@ def test_read_idx_plain_and_gzipped(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
         write_idx(tmp_path / name, arr)
-        np.testing.assert_array_equal(D.read_idx(tmp_path / name), arr)
+        np.testing.assert_array_equal(DS.read_idx(tmp_path / name), arr)
     (tmp_path / "short").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 100) + b"\x00" * 10)
-    with pytest.raises(D.DataUnavailableError, match="truncated"):
-        D.read_idx(tmp_path / "short")
+    with pytest.raises(DS.DataUnavailableError, match="truncated"):
+        DS.read_idx(tmp_path / "short")
     (tmp_path / "junk").write_bytes(b"PK\x03\x04junk")
-    with pytest.raises(D.DataUnavailableError, match="not an IDX"):
-        D.read_idx(tmp_path / "junk")
+    with pytest.raises(DS.DataUnavailableError, match="not an IDX"):
+        DS.read_idx(tmp_path / "junk")
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_debian_package():
-    splits, found = D.load_fashion_mnist(download=False)
+    splits, found = DS.load_fashion_mnist(download=False)
     xtr, ytr = splits["train"]
     xte, yte = splits["test"]
     assert xtr.shape == (60000, 1, 28, 28) and xte.shape == (10000, 1, 28, 28)
     assert xtr.dtype == torch.uint8 and ytr.min() == 0 and ytr.max() == 9
     assert torch.bincount(yte).tolist() == [1000] * 10
     # the statistics the transforms normalise with are those of the training images
-    assert abs(xtr.float().div(255).mean().item() - D.FASHION_MNIST_MEAN[0]) < 1e-3
-    assert abs(xtr.float().div(255).std().item() - D.FASHION_MNIST_STD[0]) < 1e-3
+    assert abs(xtr.float().div(255).mean().item() - DS.FASHION_MNIST_MEAN[0]) < 1e-3
+    assert abs(xtr.float().div(255).std().item() - DS.FASHION_MNIST_STD[0]) < 1e-3
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.setattr(DS, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
     monkeypatch.setenv("FOCALNET_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FOCALNET_DATA", raising=False)
-    with pytest.raises(D.DataUnavailableError) as e:
-        D.load_fashion_mnist(download=False)
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    with pytest.raises(DS.DataUnavailableError) as e:
+        DS.load_fashion_mnist(download=False)
     msg = str(e.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg and "nowhere" in msg
 
 
 def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(DS, "FASHION_MNIST_DIRS", ())
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("t10k", 10)):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    splits, found = D.load_fashion_mnist(tmp_path, download=False)
+    splits, found = DS.load_fashion_mnist(tmp_path, download=False)
     assert found == tmp_path and splits["train"][0].shape == (20, 1, 28, 28) and len(splits["test"][1]) == 10
 
 
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_training_and_canvases_read_the_same_fashion_mnist():
+    from focalnet.dense.data import load_fashion_mnist as canvas_items
+
+    splits, _ = DS.load_fashion_mnist(download=False)
+    images, labels = canvas_items("test")
+    assert torch.equal(splits["test"][0][:, 0], torch.from_numpy(images))
+    assert torch.equal(splits["test"][1], torch.from_numpy(labels))
+
+
+def test_data_set_names_and_aliases_are_one_list():
+    assert DS.builtin_dataset("FashionMNIST") == DS.builtin_dataset("fashion_mnist") == "fashion-mnist"
+    assert DS.builtin_dataset("fmnist") == "fashion-mnist"
+    assert DS.builtin_dataset("sklearn_digits") == DS.builtin_dataset("Digits") == "digits"
+    assert DS.builtin_dataset("/data/imagenet") is None
+
+
+def test_unknown_interpolation_is_an_error_for_every_split():
+    from focalnet.errors import FocalNetError
+
+    info = D.DataInfo("x", ["a", "b"], 1, 8, (0.5,), (0.5,), "tensor")
+    for training in (True, False):
+        with pytest.raises(FocalNetError, match="unknown interpolation 'bicubix'"):
+            D.build_transform(info, get_recipe("small", interpolation="bicubix", img_size=16), training=training)
+
+
 def test_digits_split_is_fixed_and_stratified():
-    a, b = D.load_digits(), D.load_digits()
+    a, b = DS.load_digits(), DS.load_digits()
     assert len(a["train"][0]) == 1437 and len(a["test"][0]) == 360
     assert torch.equal(a["test"][0], b["test"][0])
     counts = torch.bincount(a["test"][1])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focalnet.checkpoint import CheckpointError
+from focalnet.checkpoints.io import CheckpointError
 from focalnet.dense import (
     FocalNetBackbone,
     fasterrcnn_focalnet,

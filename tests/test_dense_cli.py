@@ -8,7 +8,7 @@ from PIL import Image
 from focalnet.cli import main
 from focalnet.dense import maskrcnn_focalnet, save_dense_checkpoint, upernet_focalnet
 from focalnet.dense.data import CANVAS_CLASSES, CanvasDataset, canvas_detector_args
-from focalnet.dense.draw import read_image
+from focalnet.images import read_image
 
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1))
 

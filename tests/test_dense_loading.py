@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focalnet.checkpoint import CheckpointError, save_model
-from focalnet.convert import from_focalnet
-from focalnet.dense import FocalNetBackbone, upernet_focalnet
+from focalnet.checkpoints.io import CheckpointError, save_model
+from focalnet.checkpoints.convert import from_focalnet
+from focalnet.dense import FocalNetBackbone, load_backbone_weights, upernet_focalnet
 from focalnet.dense.loading import (
     adapt_focal_weights,
     grow_gate_rows,
-    load_backbone_weights,
     read_backbone_weights,
     resize_focal_kernel,
 )

@@ -1,4 +1,4 @@
-"""The loops and checkpoints of focalnet.engine: NaN stops, full disks, exact metrics, weight decay, schedule."""
+"""The loops of focalnet.train.loop and the checkpoints of focalnet.train.state: NaN stops, full disks, exact metrics, weight decay, schedule."""
 from __future__ import annotations
 
 import errno
@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 
 import focalnet
-from focalnet import engine
-from focalnet.recipes import get_recipe
-from focalnet.trainer import build_optimizer, build_scheduler
+from focalnet.train import loop as engine
+from focalnet.train import state as training_state
+from focalnet.train.build import build_optimizer, build_scheduler
+from focalnet.train.recipes import get_recipe
 
 
 def tiny_model(num_classes: int = 3) -> nn.Module:
@@ -94,7 +95,7 @@ def test_evaluate_counts_exactly():
 def test_unreadable_image_stops_with_its_path_or_is_counted():
     loader = [(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), ["/data/x/broken.jpg (OSError: truncated)"])]
     model = tiny_model()
-    with pytest.raises(focalnet.data.BadImageError, match="broken.jpg.*--skip-bad-images"):
+    with pytest.raises(focalnet.train.data.BadImageError, match="broken.jpg.*--skip-bad-images"):
         engine.evaluate(model, loader, device=torch.device("cpu"), num_classes=3)
     r = engine.evaluate(model, loader, device=torch.device("cpu"), num_classes=3, skip_bad_images=True)
     assert r["bad_images"] == 1 and r["images"] == 2
@@ -102,7 +103,7 @@ def test_unreadable_image_stops_with_its_path_or_is_counted():
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pth"
-    engine.save_training_checkpoint({"format": engine.TRAIN_CHECKPOINT_FORMAT, "epoch": 1, "w": torch.ones(3)}, path)
+    training_state.save_training_checkpoint({"format": training_state.TRAIN_CHECKPOINT_FORMAT, "epoch": 1, "w": torch.ones(3)}, path)
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -110,8 +111,8 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(engine.CheckpointSaveError) as e:
-        engine.save_training_checkpoint({"format": engine.TRAIN_CHECKPOINT_FORMAT, "epoch": 2, "w": torch.zeros(3)}, path)
+    with pytest.raises(training_state.CheckpointSaveError) as e:
+        training_state.save_training_checkpoint({"format": training_state.TRAIN_CHECKPOINT_FORMAT, "epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert "No space left on device" in str(e.value) and "previous last.pth is intact" in str(e.value)
     state = torch.load(path, weights_only=True)
@@ -120,8 +121,8 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_rng_state_round_trip_is_weights_only(tmp_path):
-    engine.seed_everything(5)
-    state = engine.get_rng_state()
+    training_state.seed_everything(5)
+    state = training_state.get_rng_state()
     torch.save(state, tmp_path / "rng.pth")
     state = torch.load(tmp_path / "rng.pth", weights_only=True)
     import random
@@ -129,8 +130,8 @@ def test_rng_state_round_trip_is_weights_only(tmp_path):
     import numpy as np
 
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
-    engine.seed_everything(99)
-    engine.set_rng_state(state)
+    training_state.seed_everything(99)
+    training_state.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
 
 

@@ -9,7 +9,7 @@ import torch
 import focalnet.layers
 from focalnet import create_model, save_model
 from focalnet.cli import main
-from focalnet.export import ExportError, export_onnx, export_torchscript, verify_export
+from focalnet.deploy.export import ExportError, export_onnx, export_torchscript, verify_export
 
 from conftest import perturb_
 

@@ -180,3 +180,19 @@ def test_jit_trace(name):
         # the traced graph pads whatever the size: a non-multiple size works too
         x2 = torch.randn(1, 3, 70, 45)
         torch.testing.assert_close(traced(x2), model(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["focalnet_tiny_srf", "focalnet_tiny_iso"])
+def test_arch_is_every_constructor_argument_and_rebuilds_the_model(name):
+    import inspect
+
+    from focalnet.models import model_class, model_from_arch
+
+    model = small(name)
+    cls = model_class(model.arch["family"])
+    assert type(model) is cls
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    assert list(model.arch) == ["family", *params]
+    rebuilt = model_from_arch(model.arch)
+    assert rebuilt.arch == model.arch
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import focalnet
-from focalnet.checkpoint import hf_config, read_checkpoint, write_checkpoint
-from focalnet.convert import from_focalnet, to_focalnet
+from focalnet.checkpoints import hf_config, read_checkpoint, write_checkpoint
+from focalnet.checkpoints.convert import from_focalnet, to_focalnet
 from focalnet.registry import build_model
 
 from conftest import perturb_, small_overrides

@@ -19,14 +19,8 @@ from PIL import Image
 import foolbox
 from focalnet import create_model, save_model
 from focalnet.cli import main
-from focalnet.predict import (
-    ImageError,
-    class_names_for,
-    eval_transform,
-    load_image,
-    predict,
-    preprocessing_for,
-)
+from focalnet.images import ImageError, load_image
+from focalnet.inspect.predict import class_names_for, eval_transform, predict, preprocessing_for
 
 from conftest import small_overrides
 
@@ -147,6 +141,20 @@ def test_images_are_read_safely(tmp_path):
     assert load_image(torch.rand(1, 5, 7)).mode == "RGB"
 
 
+def test_one_reader_for_classification_and_dense_prediction(tmp_path):
+    from focalnet.images import PreprocessingError, interpolation_mode, read_image
+
+    Image.fromarray(np.zeros((3, 4, 4), np.uint8)).save(tmp_path / "t.png")  # fully transparent
+    t = read_image(tmp_path / "t.png")
+    assert t.shape == (3, 3, 4) and t.dtype == torch.uint8 and (t == 255).all()
+    assert torch.equal(t, torch.from_numpy(np.asarray(load_image(tmp_path / "t.png"))).permute(2, 0, 1))
+    with pytest.raises(ImageError, match="image not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(PreprocessingError, match="unknown interpolation 'cubic'"):
+        interpolation_mode("cubic")
+    assert interpolation_mode("bilinear").value == "bilinear"
+
+
 def test_predict_cli_errors(tmp_path, capsys, monkeypatch):
     model = _tiny()
     save_model(model, tmp_path / "m.safetensors")
@@ -155,7 +163,7 @@ def test_predict_cli_errors(tmp_path, capsys, monkeypatch):
         assert main(["predict", str(PHOTOS[0]), str(bad), "--checkpoint", str(tmp_path / "m.safetensors")]) == 2
         err = capsys.readouterr().err
         assert needle in err and str(bad) in err and "Traceback" not in err
-    import focalnet.complexity as complexity
+    import focalnet.inspect.complexity as complexity
 
     monkeypatch.setattr(complexity, "available_memory", lambda device="cpu": 2**20)
     assert main(["predict", str(PHOTOS[0]), "--checkpoint", str(tmp_path / "m.safetensors"), "--img-size", "4000"]) == 2

@@ -11,7 +11,7 @@ from PIL import Image
 
 from focalnet import create_model, get_spec, list_models
 from focalnet.cli import main
-from focalnet.complexity import (
+from focalnet.inspect.complexity import (
     SweepModel,
     activation_memory,
     count_macs,

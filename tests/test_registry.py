@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import focalnet
-from focalnet.complexity import count_macs, count_params
+from focalnet.inspect.complexity import count_macs, count_params
 from focalnet.registry import build_model, get_spec, register_model, Published
 
 EXPECTED = {
@@ -87,3 +87,30 @@ def test_create_model_arguments():
     assert m.num_classes == 5 and m.in_chans == 1 and m.variant == "focalnet_tiny_srf"
     assert m.arch["drop_path_rate"] == 0.0
     assert focalnet.create_model("focalnet_tiny_srf").arch["drop_path_rate"] == 0.2  # the paper's recipe
+
+
+def test_an_error_inside_the_constructor_keeps_its_type_and_traceback(monkeypatch):
+    from focalnet.errors import FocalNetError
+    from focalnet.models import FocalNetStage
+
+    def broken_init(self, *args, **kwargs):
+        raise TypeError("a bug inside the model")
+
+    monkeypatch.setattr(FocalNetStage, "__init__", broken_init)
+    with pytest.raises(TypeError, match="a bug inside the model") as e:
+        focalnet.create_model("focalnet_tiny_srf")
+    assert not isinstance(e.value, FocalNetError)
+
+
+def test_unknown_arguments_are_checked_by_name_with_a_hint(tmp_path):
+    from focalnet.errors import FocalNetError
+
+    with pytest.raises(FocalNetError, match=r"focal_lvl \(did you mean focal_levels\?\)"):
+        focalnet.create_model("focalnet_tiny_srf", focal_lvl=3)
+    with pytest.raises(FocalNetError, match="focal_levels has 3 entries but the model has 4 stages"):
+        focalnet.create_model("focalnet_tiny_srf", focal_levels=(2, 2, 2))
+    # load_model's overrides go through the same check
+    model = focalnet.create_model("focalnet_tiny_iso", embed_dim=16, depth=1, num_classes=2)
+    focalnet.save_model(model, tmp_path / "m.safetensors")
+    with pytest.raises(FocalNetError, match="FocalNetIsotropic has no argument depths"):
+        focalnet.load_model(tmp_path / "m.safetensors", depths=[1])

@@ -3,14 +3,18 @@ observation contract of the default forward, and the benchmark's plumbing (no ti
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from focalnet.fast import FusedFocalNet, fuse_for_inference, is_fused
-from focalnet.layers import FocalModulation
+from focalnet.deploy import fused as fused_module
+from focalnet.deploy.fused import FusedFocalNet, fuse_for_inference, is_fused
+from focalnet.layers import FocalModulation, PatchEmbed
+from focalnet.models import FocalNetBlock
 from focalnet.registry import build_model
 
 from conftest import perturb_, small_overrides
@@ -31,6 +35,40 @@ def small(name: str, **kw) -> torch.nn.Module:
     return model.eval()
 
 
+class ConvKernels(TorchDispatchMode):
+    """Counts the convolution kernels that run, by name: oneDNN's fused ones with their post-op
+    ("onednn conv+gelu", "onednn conv+none", "onednn conv+add in place") and ATen's plain one ("aten conv")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name == "mkldnn._convolution_pointwise.default":
+            self.counts[f"onednn conv+{args[7]}"] += 1
+        elif name == "mkldnn._convolution_pointwise_.binary":
+            self.counts[f"onednn conv+{args[8]} in place"] += 1
+        elif name.startswith("mkldnn."):
+            self.counts[name] += 1
+        elif name == "aten.convolution.default":
+            self.counts["aten conv"] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def onednn(self) -> int:
+        return sum(n for k, n in self.counts.items() if not k.startswith("aten"))
+
+
+def _blocks(model: nn.Module) -> list[FocalNetBlock]:
+    return [m for m in model.modules() if isinstance(m, FocalNetBlock)]
+
+
+def _embeddings(model: nn.Module) -> int:
+    """The stem and the downsampling layers: the model's own modules, one plain convolution each."""
+    return sum(isinstance(m, PatchEmbed) for m in model.modules())
+
+
 @pytest.mark.parametrize("name", FLAG_VARIANTS)
 def test_fused_model_computes_the_same_function(name):
     model = small(name)
@@ -39,8 +77,11 @@ def test_fused_model_computes_the_same_function(name):
     x = torch.randn(3, 3, 64, 80)
     with torch.no_grad():
         ref = model(x)
-        fast = fused(x)  # oneDNN kernels, tiled, in place
+        with ConvKernels() as seen:
+            fast = fused(x)  # oneDNN kernels, tiled, in place
         feats = fused.forward_features(x)
+    # the comparison below is of the oneDNN path wherever this torch has it, and says so where it has not
+    assert (seen.onednn > 0) == fused_module.ONEDNN_FUSED_KERNELS, seen.counts
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(feats, model.forward_features(x), rtol=0, atol=1e-5)
     torch.testing.assert_close(fused.forward_head(feats, pre_logits=True), model.forward_head(feats, pre_logits=True))
@@ -102,6 +143,53 @@ def test_fused_model_compiles_and_traces():
         torch.testing.assert_close(compiled(x), ref, rtol=0, atol=1e-5)
         traced = torch.jit.trace(fused, x)
         torch.testing.assert_close(traced(x), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not fused_module.ONEDNN_FUSED_KERNELS,
+    reason="this torch build has no oneDNN fused convolution kernels (torch.ops.mkldnn._convolution_pointwise), "
+    "so the fused model runs its plain path: test_fused_model_takes_the_plain_path_explicitly covers that",
+)
+@pytest.mark.parametrize("name", ["focalnet_tiny_lrf", "focalnet_large_fl4", "focalnet_base_iso"])
+def test_onednn_fused_kernels_run_where_the_docs_say(name):
+    """CPU, float32, no autograd: every focal level and fc1 is one oneDNN conv with GELU in its epilogue, f is two
+    convs and h one, proj and fc2 add into the residual stream inside oneDNN (pre-norm) or are plain oneDNN convs
+    before the post-norm LayerNorm; only the stem and the downsampling run ATen's convolution."""
+    model = small(name)
+    fused = fuse_for_inference(model, tile_rows=None)  # one tile per stage: each block runs once
+    expected = Counter({"aten conv": _embeddings(model)})
+    for block in _blocks(model):
+        expected["onednn conv+gelu"] += block.modulation.focal_level + 1
+        expected["onednn conv+none"] += 5 if block.use_post_norm else 3
+        expected["onednn conv+add in place"] += 0 if block.use_post_norm else 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), ConvKernels() as seen:
+        out = fused(x)
+    assert seen.counts == +expected
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("why", ["no oneDNN kernels", "autograd", "bf16 autocast"])
+def test_fused_model_takes_the_plain_path_explicitly(monkeypatch, why):
+    """Where the oneDNN kernels cannot run, none is called and every block runs ATen's convolutions
+    (ctx, query + gates, L focal levels, h, proj, fc1, fc2); the function stays the same."""
+    model = small("focalnet_large_fl3")
+    fused = fuse_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    if why == "no oneDNN kernels":
+        monkeypatch.setattr(fused_module, "ONEDNN_FUSED_KERNELS", False)
+    with torch.set_grad_enabled(why == "autograd"), torch.autocast("cpu", torch.bfloat16, enabled=why == "bf16 autocast"):
+        with ConvKernels() as seen:
+            out = fused(x.requires_grad_(why == "autograd"))
+    convs = _embeddings(model) + sum(b.modulation.focal_level + 6 for b in _blocks(model))
+    assert seen.counts == Counter({"aten conv": convs})
+    if why == "bf16 autocast":
+        assert F.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
+    else:
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
 def test_fused_bf16_autocast_runs_the_plain_path():
@@ -220,7 +308,7 @@ def test_activation_recompute_keeps_far_fewer_activations():
 # the benchmark's plumbing (figures are produced by `focalnet bench` and benchmarks/, never asserted)
 # ---------------------------------------------------------------------------------------------------------
 def test_bench_runs_every_focalnet_implementation_and_reports_ratios():
-    from focalnet import bench
+    from focalnet.deploy import bench
 
     res = bench.run_inference(["ours", "ours-fused", "timm"], variant="focalnet_tiny_srf", batch_size=1, img_size=32,
                               warmup=1, rounds=2)
@@ -251,7 +339,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
 
 
 def test_peak_memory_is_measured_in_a_fresh_process():
-    from focalnet import bench
+    from focalnet.deploy import bench
 
     peak = bench.peak_training_memory("ours", variant="focalnet_tiny_iso", batch_size=2, img_size=64, steps=1)
     assert peak > 0

@@ -16,9 +16,10 @@ import torch.nn as nn
 import yaml
 
 import focalnet
-from focalnet import engine
+from focalnet.train import budget
+from focalnet.train import loop as engine
 from focalnet.cli import main as cli
-from focalnet.trainer import TrainConfig, TrainingError, evaluate_checkpoint, train
+from focalnet.train import TrainConfig, TrainingError, evaluate_checkpoint, train
 
 from test_data import make_image_tree
 
@@ -93,7 +94,7 @@ def test_digits_reach_95_percent_in_under_a_minute_and_leave_a_full_report(tmp_p
     assert a.preprocessing["mean"] == pytest.approx(state["data"]["mean"])
 
     # `focalnet report`: report.md with the figures of summary.json and pictures of one test image per class
-    from focalnet.run_report import write_run_report
+    from focalnet.train.report import write_run_report
 
     assert cli(["report", str(out), "--pictures", "3"]) == 0
     md = (out / "report.md").read_text()
@@ -276,16 +277,16 @@ def test_in22k_checkpoint_evaluates_through_the_1k_label_map(tmp_path):
 
 def test_updates_that_fit_count_one_evaluation_per_begun_epoch():
     # 30 updates per epoch at 1 s, 10 s per evaluation: 3 epochs (70 updates + 3 evaluations) fill 100 s
-    assert engine.updates_that_fit(100, update_s=1, eval_s=10, updates_per_epoch=30) == 70
-    assert engine.updates_that_fit(35, update_s=1, eval_s=10, updates_per_epoch=30) == 25  # part of one epoch
-    assert engine.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30) == 1  # at least one step
-    assert engine.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30, minimum=0) == 0
+    assert budget.updates_that_fit(100, update_s=1, eval_s=10, updates_per_epoch=30) == 70
+    assert budget.updates_that_fit(35, update_s=1, eval_s=10, updates_per_epoch=30) == 25  # part of one epoch
+    assert budget.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30) == 1  # at least one step
+    assert budget.updates_that_fit(5, update_s=1, eval_s=10, updates_per_epoch=30, minimum=0) == 0
 
 
 def test_time_budget_ends_inside_the_last_epoch_with_the_cosine_finished(tmp_path, monkeypatch):
     # the plan (8 optimizer steps, 6 per epoch) is forced so that the outcome does not depend on this machine's speed
     plans = iter([8, 2])  # the first plan, then the re-plan after epoch 1: 6 + 2 = 8 steps again
-    monkeypatch.setattr(engine, "updates_that_fit", lambda budget_s, **kw: next(plans))
+    monkeypatch.setattr(budget, "updates_that_fit", lambda budget_s, **kw: next(plans))
     out = tmp_path / "budget"
     s = train(TrainConfig(**TINY_DIGITS, time_budget=60, output=str(out)))
     assert s["updates"] == 8 and s["epochs"] == 2 and s["epochs_trained"] == pytest.approx(8 / 6, abs=0.01)

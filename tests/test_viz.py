@@ -13,7 +13,7 @@ from PIL import Image
 
 from focalnet import create_model, save_model
 from focalnet.cli import main
-from focalnet.viz import (
+from focalnet.inspect import (
     GridLayout,
     ModulationRecorder,
     RecorderError,
@@ -277,7 +277,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch):
     assert main(["visualize", str(tmp_path / "coffee.jpg"), "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, "pass --model NAME, --checkpoint PATH, or both")
     # an image too large for the memory at hand: measured on the meta device before anything runs
-    import focalnet.complexity as complexity
+    import focalnet.inspect.complexity as complexity
 
     monkeypatch.setattr(complexity, "available_memory", lambda device="cpu": 50 * 2**20)
     assert main(["visualize", str(tmp_path / "coffee.jpg"), *ckpt, "--img-size", "2000"]) == 2

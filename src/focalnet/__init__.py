@@ -4,7 +4,7 @@
     model = focalnet.create_model("focalnet_tiny_srf", pretrained="focalnet_tiny_srf.pth")
     focalnet.list_models("*iso*")
 """
-from .checkpoint import CheckpointError, read_checkpoint, save_model, write_checkpoint
+from .checkpoints import CheckpointError, read_checkpoint, save_model, write_checkpoint
 from .factory import create_model, load_model
 from .layers import FocalModulation
 from .models import FocalNet, FocalNetBlock, FocalNetIsotropic

@@ -8,8 +8,8 @@ from typing import Any, Optional, Union
 
 import torch.nn as nn
 
-from .checkpoint import Checkpoint, CheckpointError, arch_from_state_dict, load_into, read_checkpoint
-from .models import FocalNet, FocalNetIsotropic
+from .checkpoints import Checkpoint, CheckpointError, arch_from_state_dict, load_into, read_checkpoint
+from .models import model_from_arch
 from .registry import build_model, get_spec, list_models
 
 __all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES"]
@@ -33,9 +33,9 @@ def download_weights(name: str, source: str = "official") -> Path:
     """Download the released weights of `name` from `source` (the authors', timm's or Hugging Face's)
     into the cache (`$FOCALNET_HOME`, default ~/.cache/focalnet) and return the local path."""
     spec = get_spec(name)
-    where = {"official": spec.weights.official, "timm": spec.weights.timm, "hf": spec.weights.hf}.get(source)
     if source not in SOURCES:
-        raise ValueError(f"unknown weight source {source!r}; choose one of {', '.join(SOURCES)}")
+        raise CheckpointError(f"unknown weight source {source!r}; choose one of {', '.join(SOURCES)}")
+    where = getattr(spec.weights, source)
     if not where:
         have = [s for s in SOURCES if getattr(spec.weights, s)]
         raise CheckpointError(
@@ -98,13 +98,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _model_from_arch(arch: dict) -> nn.Module:
-    kwargs = {k: v for k, v in arch.items() if k != "family"}
-    cls = FocalNetIsotropic if arch["family"] == "isotropic" else FocalNet
-    return cls(**kwargs)
-
-
-def _read_pretrained(name: str, pretrained: Union[bool, str, PathLike]) -> Checkpoint:
+def _read_pretrained(name: str, pretrained: Union[bool, str, PathLike, Checkpoint]) -> Checkpoint:
+    if isinstance(pretrained, Checkpoint):  # already read (focalnet eval reads a file once)
+        return pretrained
     if pretrained is True:
         spec = get_spec(name)
         source = next((s for s in SOURCES if getattr(spec.weights, s)), "official")
@@ -127,7 +123,7 @@ def create_model(
     """Build the registered model `name`, optionally with weights.
 
     pretrained: False; True (download the released weights); 'official' / 'timm' / 'hf' (download from
-        that source); or the path of a checkpoint in any supported layout (see `focalnet.checkpoint`).
+        that source); or the path of a checkpoint in any supported layout (see `focalnet.checkpoints`).
     num_classes: classifier size (0: no classifier). With weights and no num_classes, the checkpoint's
         head is kept. num_classes=1000 on the authors' 21842-class ImageNet-22K head slices it to
         ImageNet-1K; any other difference needs reset_head=True, which re-initialises the head only.
@@ -153,16 +149,16 @@ def create_model(
     return model
 
 
-def load_model(path: PathLike, **overrides: Any) -> nn.Module:
+def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module:
     """Build the model a checkpoint holds, with its weights, without naming the architecture.
 
     The architecture comes from the file when it says (ours, HF, timm folders), else from the registered
     variant whose tensor shapes match (see `resolve_variant`).
     """
-    ckpt = read_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     variant, arch = resolve_variant(ckpt)
     reset_head = overrides.pop("reset_head", False)
-    model = _model_from_arch({**arch, **overrides})
+    model = model_from_arch(arch, **overrides)
     model.variant = variant
     load_into(model, ckpt, reset_head=reset_head)
     model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None

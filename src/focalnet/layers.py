@@ -8,13 +8,16 @@ maps with `.permute(...).contiguous()` copies several times per block; this file
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import FocalNetError
+
 __all__ = [
+    "ModelArgumentError",
     "FocalModulation",
     "Mlp",
     "LayerNorm2d",
@@ -25,6 +28,12 @@ __all__ = [
     "focal_kernel_sizes",
     "trunc_normal_",
 ]
+
+
+class ModelArgumentError(FocalNetError, TypeError, ValueError):
+    """Arguments that do not describe a FocalNet: an unknown name, or values that do not fit together.
+
+    Both a TypeError (an unknown keyword) and a ValueError (a bad value), for callers that catch either."""
 
 
 def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int = 2) -> list[int]:
@@ -182,9 +191,9 @@ class FocalModulation(nn.Module):
     ) -> None:
         super().__init__()
         if focal_level < 1:
-            raise ValueError(f"focal_level must be >= 1, got {focal_level}")
+            raise ModelArgumentError(f"focal_level must be >= 1, got {focal_level}")
         if focal_window < 1 or focal_window % 2 == 0:
-            raise ValueError(f"focal_window must be a positive odd kernel size, got {focal_window}")
+            raise ModelArgumentError(f"focal_window must be a positive odd kernel size, got {focal_window}")
         self.dim = dim
         self.focal_level = focal_level
         self.focal_window = focal_window
@@ -259,7 +268,7 @@ class PatchEmbed(nn.Module):
             elif stride == 2:
                 kernel_size, padding = 3, 1
             else:
-                raise ValueError(f"overlapped (conv) embedding is defined for stride 4 and 2, got {stride}")
+                raise ModelArgumentError(f"overlapped (conv) embedding is defined for stride 4 and 2, got {stride}")
         else:
             kernel_size, padding = stride, 0
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)

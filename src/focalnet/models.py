@@ -5,19 +5,21 @@ Paper: "Focal Modulation Networks", Yang, Li, Dai, Yuan, Gao, NeurIPS 2022 (arXi
 How this differs from the authors' code (microsoft/FocalNet, classification/focalnet.py), with the same
 outputs for the same weights at sizes that are multiples of 32:
 - (B, C, H, W) maps in channels-last memory throughout instead of (B, L, C) tokens; the Linear layers are
-  1x1 convolutions with the same weights (a reshape, done by `focalnet.convert`).
+  1x1 convolutions with the same weights (a reshape, done by `focalnet.checkpoints.convert`).
 - Downsampling sits at the start of stage i+1 rather than at the end of stage i (as in timm), so that each
   stage's output is the map a detector or segmenter takes.
 - No input resolution is fixed at construction and no H, W are written onto blocks: any input size works.
   Maps whose size is not a multiple of a stride are zero-padded on the bottom/right (no pixel is dropped).
 - Nothing is written onto modules in forward (the authors' code keeps `self.gates`, `self.modulator`);
-  use `focalnet.viz.ModulationRecorder` (forward hooks) to observe them.
+  use `focalnet.inspect.ModulationRecorder` (forward hooks) to observe them.
 - Every option of the public code (post-norm, post-norm in modulation, layer scale, normalize modulator,
   conv embedding, focal factor) is a typed keyword argument.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+import difflib
+import inspect
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -29,13 +31,25 @@ from .layers import (
     LayerNorm2d,
     LayerScale2d,
     Mlp,
+    ModelArgumentError,
     PatchEmbed,
     drop_path_rates,
     init_weights,
     trunc_normal_,
 )
 
-__all__ = ["FocalNetBlock", "FocalNetStage", "FocalNet", "FocalNetIsotropic", "ClassifierHead"]
+__all__ = [
+    "FocalNetBlock",
+    "FocalNetStage",
+    "FocalNet",
+    "FocalNetIsotropic",
+    "ClassifierHead",
+    "ModelArgumentError",
+    "FAMILIES",
+    "model_class",
+    "check_arguments",
+    "model_from_arch",
+]
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -181,7 +195,7 @@ def _per_stage(value: IntOrSeq, num_stages: int, name: str) -> tuple[int, ...]:
         return (value,) * num_stages
     value = tuple(int(v) for v in value)
     if len(value) != num_stages:
-        raise ValueError(f"{name} has {len(value)} entries but the model has {num_stages} stages")
+        raise ModelArgumentError(f"{name} has {len(value)} entries but the model has {num_stages} stages")
     return value
 
 
@@ -213,6 +227,7 @@ class _FocalNetBase(nn.Module):
       feature_info, reset_classifier(num_classes), set_grad_checkpointing(enable)
     """
 
+    family: str  # the value of arch["family"] that names this class (see FAMILIES)
     in_chans: int
     num_classes: int
     num_features: int
@@ -220,6 +235,13 @@ class _FocalNetBase(nn.Module):
     feature_info: list[dict]
     variant: Optional[str] = None  # the registered name, set by focalnet.create_model
     class_names: Optional[list] = None  # set when the weights came with class names
+
+    def _arch_from_args(self, args: Mapping[str, Any]) -> dict:
+        """`self.arch`: the family and every constructor argument, read from `args` (the constructor's
+        locals once it has normalised them) by the names in its signature, so that a new argument is
+        recorded without being typed a second time. Tuples become lists, as JSON would make them."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {"family": self.family, **{k: list(args[k]) if isinstance(args[k], tuple) else args[k] for k in names}}
 
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are fixed in a trace: checked on the example input by eager runs
@@ -292,6 +314,8 @@ class FocalNet(_FocalNetBase):
     """Hierarchical FocalNet: a stride-4 stem, then stages of blocks at strides 4, 8, 16, 32 with widths
     embed_dim * (1, 2, 4, 8), a final LayerNorm, global average pooling and a linear classifier."""
 
+    family = "hierarchical"
+
     def __init__(
         self,
         *,
@@ -319,15 +343,8 @@ class FocalNet(_FocalNetBase):
         focal_levels = _per_stage(focal_levels, num_stages, "focal_levels")
         focal_windows = _per_stage(focal_windows, num_stages, "focal_windows")
         if use_conv_embed and patch_size != 4:
-            raise ValueError("use_conv_embed (7x7 stride-4 stem) requires patch_size=4")
-        self.arch = dict(
-            family="hierarchical", depths=list(depths), embed_dim=embed_dim, focal_levels=list(focal_levels),
-            focal_windows=list(focal_windows), focal_factor=focal_factor, mlp_ratio=mlp_ratio, in_chans=in_chans,
-            num_classes=num_classes, patch_size=patch_size, use_conv_embed=use_conv_embed,
-            use_post_norm=use_post_norm, use_post_norm_in_modulation=use_post_norm_in_modulation,
-            normalize_modulator=normalize_modulator, layerscale_value=layerscale_value, drop_rate=drop_rate,
-            proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate,
-        )
+            raise ModelArgumentError("use_conv_embed (7x7 stride-4 stem) requires patch_size=4")
+        self.arch = self._arch_from_args(locals())
         dims = [embed_dim * 2**i for i in range(num_stages)]
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -410,6 +427,8 @@ class FocalNetIsotropic(_FocalNetBase):
     under `blocks.*`, and `forward_intermediates` returns the output of any chosen block.
     """
 
+    family = "isotropic"
+
     def __init__(
         self,
         *,
@@ -431,14 +450,7 @@ class FocalNetIsotropic(_FocalNetBase):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        self.arch = dict(
-            family="isotropic", depth=depth, embed_dim=embed_dim, focal_level=focal_level,
-            focal_window=focal_window, focal_factor=focal_factor, mlp_ratio=mlp_ratio, in_chans=in_chans,
-            num_classes=num_classes, patch_size=patch_size, use_post_norm=use_post_norm,
-            use_post_norm_in_modulation=use_post_norm_in_modulation, normalize_modulator=normalize_modulator,
-            layerscale_value=layerscale_value, drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
-            drop_path_rate=drop_path_rate,
-        )
+        self.arch = self._arch_from_args(locals())
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = embed_dim
@@ -503,3 +515,46 @@ class FocalNetIsotropic(_FocalNetBase):
         if len(blocks) == len(self.blocks):
             x = self.norm(x)
         return x, intermediates
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A model from its architecture (a model's `.arch`, a checkpoint's, a registry entry's)
+# ----------------------------------------------------------------------------------------------------------
+
+FAMILIES: dict[str, type[_FocalNetBase]] = {cls.family: cls for cls in (FocalNet, FocalNetIsotropic)}
+
+
+def model_class(family: str) -> type[_FocalNetBase]:
+    """The class of an architecture family: 'hierarchical' -> FocalNet, 'isotropic' -> FocalNetIsotropic."""
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ModelArgumentError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def check_arguments(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """Refuse keyword arguments that `cls`'s constructor does not take, with the closest names.
+
+    Checked before the call, so that a TypeError raised inside the constructor keeps its traceback."""
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in kwargs if k not in params]
+    if "img_size" in unknown:
+        raise ModelArgumentError(
+            "img_size is not an argument of FocalNet: the model works at any input size (no input "
+            "resolution is fixed at construction); drop the argument"
+        )
+    if unknown:
+        hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, params, n=1)) else k
+                 for k in unknown]
+        raise ModelArgumentError(
+            f"{cls.__name__} has no argument {', '.join(hints)}; its arguments are {', '.join(params)} "
+            f"(help(focalnet.{cls.__name__}) describes them)"
+        )
+
+
+def model_from_arch(arch: Mapping[str, Any], **overrides: Any) -> _FocalNetBase:
+    """Build the model `arch` describes (its family picks the class), with `overrides` on top."""
+    cls = model_class(arch["family"])
+    kwargs = {**{k: v for k, v in arch.items() if k != "family"}, **overrides}
+    check_arguments(cls, kwargs)
+    return cls(**kwargs)

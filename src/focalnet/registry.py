@@ -15,12 +15,15 @@ from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 
-from .models import FocalNet, FocalNetIsotropic
+from .errors import FocalNetError
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .models import FocalNet, FocalNetIsotropic, check_arguments
 
-__all__ = ["ModelSpec", "Published", "Weights", "register_model", "list_models", "get_spec", "build_model"]
+__all__ = [
+    "ModelSpec", "Published", "Weights", "register_model", "list_models", "get_spec", "build_model",
+    "UnknownModelError",
+]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # the authors' release links (their README): GitHub releases for most, their blob store for the rest
 RELEASE_URL = "https://github.com/microsoft/FocalNet/releases/download/v1.0.0/"
 BLOB_URL = "https://projects4jw.blob.core.windows.net/focalnet/release/classification/"
@@ -71,6 +74,13 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+class UnknownModelError(FocalNetError, KeyError):
+    """A model name that is not registered; the message lists the closest registered names."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_model(
     published: Published, drop_path_rate: float, weights: Weights = Weights(), crop_pct: float = 0.875
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -93,21 +103,16 @@ def register_model(
 
 def _build(cls: type, arch: dict, overrides: dict[str, Any]) -> nn.Module:
     meta = overrides.pop("device_meta", False)
-    if "img_size" in overrides:
-        raise TypeError(
-            "img_size is not an argument of FocalNet: the model works at any input size (no input "
-            "resolution is fixed at construction); drop the argument"
-        )
     kwargs = {**arch, **overrides}
-    try:
-        if meta:
-            import torch
+    # unknown names are refused before the call: a TypeError from inside the constructor is a bug, and
+    # keeps its traceback
+    check_arguments(cls, kwargs)
+    if meta:
+        import torch
 
-            with torch.device("meta"):
-                return cls(**kwargs)
-        return cls(**kwargs)
-    except TypeError as e:
-        raise TypeError(f"{e}. Arguments of {cls.__name__}: see help(focalnet.{cls.__name__})") from None
+        with torch.device("meta"):
+            return cls(**kwargs)
+    return cls(**kwargs)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -116,7 +121,7 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `focalnet list` shows them all"
-        raise KeyError(f"unknown model {name!r}{hint}") from None
+        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
 
 
 def list_models(pattern: Union[str, None] = None) -> list[str]:

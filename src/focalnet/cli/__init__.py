@@ -2,6 +2,8 @@
 
 Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its subcommands and sets
 `func` on each; heavy imports happen inside the commands, so that `focalnet list` starts fast.
+Errors: a `focalnet.errors.FocalNetError` (any project error type) is printed as one line and exits with
+status 2; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-COMMAND_MODULES = ("models", "train", "inspect", "dense", "bench")
+from ..errors import FocalNetError
+
+COMMAND_MODULES = ("models", "train", "inspect", "dense", "deploy")
 
 
-class UserError(Exception):
+class UserError(FocalNetError):
     """An error the user can fix; printed as one line, without a traceback."""
 
 
@@ -38,16 +42,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from ..checkpoint import CheckpointError
-    from ..convert import ConversionError
-
     try:
         return int(args.func(args) or 0)
-    except (UserError, CheckpointError, ConversionError, FileNotFoundError, KeyError, ValueError, TypeError) as e:
+    except FocalNetError as e:
+        # the project's own errors carry a message for a person; any other exception is a bug and keeps
+        # its traceback
         if args.verbose:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"focalnet {args.command}: error: {msg}", file=sys.stderr)
+        print(f"focalnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"focalnet {args.command}: interrupted", file=sys.stderr)

@@ -1,15 +1,15 @@
-"""`focalnet visualize`, `focalnet profile`, `focalnet export`, `focalnet predict`: thin over
-focalnet.viz, focalnet.complexity, focalnet.export and focalnet.predict."""
+"""`focalnet visualize`, `focalnet profile`, `focalnet predict`: thin over focalnet.inspect,
+focalnet.inspect.complexity and focalnet.inspect.predict. (`focalnet export` is in cli/deploy.py.)"""
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from . import UserError
+from .common import build_from_args, parse_hw, add_model_args, user_errors
 
 log = logging.getLogger("focalnet")
 
@@ -17,7 +17,7 @@ log = logging.getLogger("focalnet")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="pictures of gates, modulators and depthwise kernels for images")
     p.add_argument("images", nargs="+", help="image files (any size; JPEG, PNG, ...)")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--blocks", nargs="+", default=None,
                    help="blocks to show: 'last' (default: last block of every stage), 'all', STAGE.BLOCK "
                         "(e.g. 3.1, 2.-1, 2.*) or BLOCK for isotropic models")
@@ -46,96 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep.csv / sweep.png")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("export", help="export to ONNX or TorchScript and check it against PyTorch")
-    p.add_argument("name", help="registered model name (the architecture)")
-    p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random weights)")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (ONNX)")
-    p.add_argument("--out", "-o", default=None, help="output file (default: NAME.onnx / NAME.torchscript.pt)")
-    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="PX", help="example input H [W]")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="ONNX exporter: dynamo (default, current) or torchscript (legacy, much faster)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference from PyTorch")
-    p.add_argument("--no-verify", action="store_true", help="skip running the export against PyTorch")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(func=cmd_export)
-
     p = sub.add_parser("predict", help="top-k classes with probabilities for images")
     p.add_argument("images", nargs="+", help="image files")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--img-size", type=int, default=None, help="crop size (default: the variant's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_predict)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="registered model name (optional with --checkpoint)")
-    p.add_argument("--checkpoint", default=None, help="weights in any supported layout")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-
-
-def _user_errors(fn: Callable) -> Callable:
-    """Turn the errors a user can fix into one line (the CLI's UserError), never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        import torch
-
-        try:
-            return fn(args)
-        except FileExistsError as e:
-            raise UserError(f"{e.args[0] if e.args else e}; pass --force to overwrite") from None
-        except ImportError as e:
-            raise UserError(str(e)) from None
-        except (torch.OutOfMemoryError, MemoryError) as e:
-            raise UserError(f"out of memory ({type(e).__name__}); use smaller images (--img-size) or a smaller batch") from None
-
-    return wrapper
-
-
-def _build(args: argparse.Namespace, need_weights: bool = False):
-    import torch
-
-    from .. import create_model, load_model
-
-    name, ckpt = getattr(args, "model", None) or getattr(args, "name", None), args.checkpoint
-    if ckpt:
-        model = create_model(name, pretrained=ckpt) if name else load_model(ckpt)
-    elif name:
-        if need_weights:
-            log.info("no --checkpoint: downloading the released weights of %s", name)
-            model = create_model(name, pretrained=True)
-        else:
-            log.warning("no --checkpoint: %s has random weights", name)
-            model = create_model(name)
-    else:
-        raise UserError("pass --model NAME, --checkpoint PATH, or both")
-    device = getattr(args, "device", "cpu")
-    try:
-        model = model.to(torch.device(device))
-    except (RuntimeError, AssertionError) as e:
-        raise UserError(f"cannot use device {device!r}: {e}") from None
-    return model.eval()
-
-
-def _hw(values: list[int], flag: str = "--img-size") -> tuple[int, int]:
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise UserError(f"{flag} takes one or two positive sizes (H [W]), got {' '.join(map(str, values))}")
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# visualize
-# ----------------------------------------------------------------------------------------------------------
-
-
-@_user_errors
+@user_errors
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from ..viz import resolve_blocks, write_pictures
+    from ..inspect import resolve_blocks, write_pictures
 
-    model = _build(args)
+    model = build_from_args(args)
     resolve_blocks(model, args.blocks)  # a wrong block fails before any image is read
     paths = write_pictures(
         model, args.images, args.out, blocks=args.blocks, img_size=args.img_size, panel=args.panel,
@@ -162,8 +86,8 @@ def _g(n: float) -> str:
 def _meta_model(name: str, num_classes: Optional[int]):
     import torch
 
-    from ..checkpoint import read_checkpoint
-    from ..complexity import meta_from_arch
+    from ..checkpoints.io import read_checkpoint
+    from ..inspect.complexity import meta_from_arch
     from ..factory import resolve_variant
     from ..registry import build_model, list_models
 
@@ -183,7 +107,7 @@ def _meta_model(name: str, num_classes: Optional[int]):
     raise UserError(f"unknown model {name!r}")
 
 
-@_user_errors
+@user_errors
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.sweep:
         return _profile_sweep(args)
@@ -191,10 +115,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return _profile_all(args)
     if not args.name:
         raise UserError("name a model (`focalnet list` shows them), or pass --all or --sweep")
-    from ..complexity import profile_model
+    from ..inspect.complexity import profile_model
     from ..registry import get_spec, list_models
 
-    h, w = _hw(args.img_size)
+    h, w = parse_hw(args.img_size)
     model, label = _meta_model(args.name, args.num_classes)
     prof = profile_model(model, (h, w), batch_size=args.batch_size)
     prof["variant"] = label
@@ -239,9 +163,9 @@ def _num(v) -> str:
 
 
 def _profile_all(args: argparse.Namespace) -> int:
-    from ..complexity import published_table
+    from ..inspect.complexity import published_table
 
-    h, w = _hw(args.img_size)
+    h, w = parse_hw(args.img_size)
     if h != w:
         raise UserError("--all compares with the paper's square 224 px numbers; pass one size")
     rows = published_table(h, num_classes=1000 if args.num_classes is None else args.num_classes, pattern=args.name)
@@ -263,7 +187,7 @@ def _profile_all(args: argparse.Namespace) -> int:
 def _profile_sweep(args: argparse.Namespace) -> int:
     import torch
 
-    from ..complexity import DEFAULT_SWEEP_MODELS, scaling_sweep, sweep_model, write_sweep
+    from ..inspect.complexity import DEFAULT_SWEEP_MODELS, scaling_sweep, sweep_model, write_sweep
 
     if any(s < 32 or s % 32 for s in args.sizes):
         raise UserError("sweep sizes must be multiples of 32 (timm's Swin and ViT need whole patches and windows)")
@@ -283,49 +207,17 @@ def _profile_sweep(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# export
-# ----------------------------------------------------------------------------------------------------------
-
-
-@_user_errors
-def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import DEFAULT_VERIFY_SIZES, export_model, verify_export
-
-    h, w = _hw(args.img_size)
-    args.device = "cpu"
-    model = _build(args)
-    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = Path(args.out) if args.out else Path(f"{args.name}{suffix}")
-    dynamic = args.dynamic or args.format == "torchscript"
-    path = export_model(model, out, args.format, img_size=(h, w), dynamic=args.dynamic, exporter=args.exporter,
-                        opset=args.opset, overwrite=args.force)
-    size_mb = sum(p.stat().st_size for p in out.parent.glob(out.name + "*")) / 1e6
-    how = f"{args.exporter} exporter, " if args.format == "onnx" else "traced, "
-    print(f"wrote {path} ({args.format}, {how}{'dynamic batch/height/width' if dynamic else f'fixed {h}x{w}'}, {size_mb:.1f} MB)")
-    if args.no_verify:
-        return 0
-    sizes = DEFAULT_VERIFY_SIZES if dynamic else ((h, w),)
-    batches = (1, 2) if dynamic else (1,)
-    rows = verify_export(path, model, args.format, sizes=sizes, batch_sizes=batches, atol=args.atol)
-    runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
-    worst = max(r["max_abs_diff"] for r in rows)
-    print(f"checked with {runner} against PyTorch: max |diff| {worst:.2e} (tolerance {args.atol:g}) at "
-          f"{', '.join(f'{a}x{b}' for a, b in sizes)}, batch {' and '.join(map(str, batches))}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------
 # predict
 # ----------------------------------------------------------------------------------------------------------
 
 
-@_user_errors
+@user_errors
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..predict import class_names_for, predict, preprocessing_for
+    from ..inspect.predict import class_names_for, predict, preprocessing_for
 
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
-    model = _build(args, need_weights=True)
+    model = build_from_args(args, need_weights=True)
     results = predict(model, args.images, topk=args.topk, img_size=args.img_size)
     names = class_names_for(model)
     pre = preprocessing_for(model, args.img_size)

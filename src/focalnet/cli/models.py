@@ -61,7 +61,7 @@ def _num(v) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_checkpoint
+    from ..checkpoints import read_checkpoint
     from ..factory import resolve_variant
 
     ckpt = read_checkpoint(args.checkpoint)
@@ -88,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_checkpoint, write_checkpoint
+    from ..checkpoints import read_checkpoint, write_checkpoint
     from ..factory import resolve_variant
     from ..registry import get_spec
 

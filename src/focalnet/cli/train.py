@@ -1,5 +1,5 @@
-"""`focalnet train`, `focalnet eval` and `focalnet report`: thin over focalnet.trainer.train,
-evaluate_checkpoint and focalnet.run_report.write_run_report.
+"""`focalnet train`, `focalnet eval` and `focalnet report`: thin over focalnet.train's train,
+evaluate_checkpoint and write_run_report.
 
 Every field of TrainConfig is a flag (underscores become dashes) and a key of the YAML file given with
 -c/--config; flags win over the file, the file over the defaults. The same command runs under
@@ -37,7 +37,7 @@ def _base_type(tp: Any) -> Any:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..trainer import TrainConfig, config_field_types
+    from ..train import TrainConfig, config_field_types
 
     p = sub.add_parser(
         "train",
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < YAML file < flags given on the command line."""
-    from ..trainer import TrainConfig, TrainingError, load_yaml_config
+    from ..train import TrainConfig, TrainingError, load_yaml_config
 
     values: dict = {}
     if args.config:
@@ -122,8 +122,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..engine import CheckpointSaveError, NonFiniteLossError
-    from ..trainer import train
+    from ..train import CheckpointSaveError, NonFiniteLossError, train
 
     cfg = config_from_args(args)
     try:
@@ -134,8 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..report import per_class_table
-    from ..trainer import evaluate_checkpoint
+    from ..train import evaluate_checkpoint, per_class_table
 
     r = evaluate_checkpoint(
         args.checkpoint, args.data, model_name=args.model, data_dir=args.data_dir, img_size=args.img_size,
@@ -160,7 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..run_report import RunReportError, write_run_report
+    from ..train import RunReportError, write_run_report
 
     if args.pictures < 0:
         raise UserError(f"--pictures must be 0 or more, got {args.pictures}")

@@ -8,13 +8,12 @@ and a detection / segmentation set made from real images (Fashion-MNIST items on
 Needs torchvision (and segmentation_models_pytorch for UperNet, torchmetrics + pycocotools for mAP):
 pip install 'focalnet[dense]'.
 """
-from .backbone import FocalNetBackbone
+from .backbone import FocalNetBackbone, load_backbone_weights
 from .checkpoint import load_dense_model, read_dense_checkpoint, save_dense_checkpoint
 from .detection import FocalNetFPN, fasterrcnn_focalnet, maskrcnn_focalnet, retinanet_focalnet
 from .loading import (
     adapt_focal_weights,
     grow_gate_rows,
-    load_backbone_weights,
     read_backbone_weights,
     resize_focal_kernel,
 )

@@ -15,27 +15,29 @@ takes its stage outputs through `forward_intermediates`:
   that never get a gradient.
 
 Detection configurations use a focal window of 9 (kernels 9, 11 for L=2; 9, 11, 13 for L=3); pass
-`focal_windows=9` and load classification weights (window 3) with `focalnet.dense.loading`, which pads the
-kernels as the authors' detection loader does.
+`focal_windows=9` and load classification weights (window 3): `focalnet.dense.loading` reads and adapts them
+(padding the kernels as the authors' detection loader does) and returns the tensors; the backbone loads them.
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from ..checkpoints import Checkpoint, CheckpointError, load_into
 from ..factory import create_model
 from ..layers import LayerNorm2d
 from ..models import FocalNet
+from .loading import BackboneWeights, LoadReport, match_backbone_weights, read_backbone_weights
 
-if TYPE_CHECKING:
-    from .loading import LoadReport
+__all__ = ["FocalNetBackbone", "load_backbone_weights"]
 
-__all__ = ["FocalNetBackbone"]
-
+log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
+WeightSource = Union[PathLike, Mapping[str, torch.Tensor], Checkpoint, BackboneWeights]
 
 
 class FocalNetBackbone(nn.Module):
@@ -46,7 +48,7 @@ class FocalNetBackbone(nn.Module):
     out_norms: a LayerNorm on each output (the authors' detection / segmentation backbones have them).
     frozen_stages: -1 none, 0 the stem, i the stem and stages 0..i-1 (mmdet's convention).
     focal_windows, focal_levels: override the variant's (detection and segmentation use window 9).
-    pretrained: a checkpoint to load (any layout `focalnet.dense.loading.load_backbone_weights` reads:
+    pretrained: a checkpoint to load (any layout `focalnet.dense.loading.read_backbone_weights` reads:
         classification weights in any supported layout, or the authors' Mask R-CNN / UperNet files).
     overrides: any other architecture argument of `focalnet.FocalNet` (embed_dim, depths, drop_path_rate, ...).
     """
@@ -60,7 +62,7 @@ class FocalNetBackbone(nn.Module):
         frozen_stages: int = -1,
         focal_windows: Optional[Union[int, Sequence[int]]] = None,
         focal_levels: Optional[Union[int, Sequence[int]]] = None,
-        pretrained: Optional[Union[PathLike, Mapping[str, torch.Tensor]]] = None,
+        pretrained: Optional[WeightSource] = None,
         **overrides: Any,
     ) -> None:
         super().__init__()
@@ -127,13 +129,36 @@ class FocalNetBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
-    def load_pretrained(self, source: Union[PathLike, Mapping[str, torch.Tensor]]) -> "LoadReport":
-        """Load backbone weights from `source`; see `focalnet.dense.loading.load_backbone_weights`."""
-        from .loading import load_backbone_weights
-
-        report = load_backbone_weights(self, source)
+    def load_pretrained(self, source: WeightSource) -> LoadReport:
+        """Load `source` (any checkpoint `focalnet.dense.loading.read_backbone_weights` reads): every tensor
+        of the wrapped FocalNet must come from it (after focal windows and levels are adapted), or loading
+        fails and names what is missing or mis-shaped. What is tolerated (heads, neck, later stages; output
+        norms the checkpoint lacks) is listed in the returned report (see `match_backbone_weights`)."""
+        weights = source if isinstance(source, BackboneWeights) else read_backbone_weights(source)
+        load = match_backbone_weights(weights, self.model.state_dict(), num_stages=len(self.model.stages),
+                                      out_norms=self.out_indices if self.out_norms is not None else ())
+        try:
+            load_into(self.model, load.state_dict)
+        except CheckpointError as e:
+            raise CheckpointError(f"backbone weights from {load.report.source}: {e}") from None
+        for i, tensors in load.out_norms.items():
+            self._load_out_norm(i, tensors, load.where)
         self._freeze()
-        return report
+        log.info("%s", load.report.summary())
+        return load.report
+
+    def _load_out_norm(self, index: int, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+        norm = self.out_norms[str(index)]
+        for p in ("weight", "bias"):
+            if p not in tensors or tensors[p].shape != getattr(norm, p).shape:
+                got = tuple(tensors[p].shape) if p in tensors else "nothing"
+                raise CheckpointError(
+                    f"output norm {index}{where}: the checkpoint has {got} for its {p}, the backbone "
+                    f"{tuple(getattr(norm, p).shape)}; check that the variant matches the checkpoint"
+                )
+        with torch.no_grad():
+            norm.weight.copy_(tensors["weight"])
+            norm.bias.copy_(tensors["bias"])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, in_chans, H, W) -> [(B, C_i, ceil(H / s_i), ceil(W / s_i)) for i in out_indices]."""
@@ -144,3 +169,8 @@ class FocalNetBackbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.variant}, out_indices={self.out_indices}, frozen_stages={self.frozen_stages}"
+
+
+def load_backbone_weights(backbone: FocalNetBackbone, source: WeightSource) -> LoadReport:
+    """Load `source` into `backbone`, strictly; see `FocalNetBackbone.load_pretrained`."""
+    return backbone.load_pretrained(source)

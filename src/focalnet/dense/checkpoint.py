@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
 
-from ..checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from ..checkpoints.io import CheckpointError, safe_torch_load
+from ..utils import atomic_torch_save
 
 __all__ = [
     "DENSE_FORMAT",

@@ -9,24 +9,24 @@ test split (no item is shared). Everything is deterministic: canvas i of a data 
 
 Targets follow torchvision's detection convention: `boxes` (N, 4) float xyxy in pixels, `labels` (N,) int64
 in 1..10 (0 is the background), `masks` (N, H, W) uint8, plus `semantic` (H, W) int64 in 0..10 for
-segmentation. The items come from Debian's `dataset-fashion-mnist` (IDX files in
+segmentation. The items are read by `focalnet.datasets`: from Debian's `dataset-fashion-mnist` (IDX files in
 /usr/share/datasets/fashion-mnist), or any folder with the four IDX files (`root=` or $FASHION_MNIST_DIR).
 """
 from __future__ import annotations
 
 import colorsys
-import gzip
 import logging
 import math
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from ..datasets import FASHION_MNIST_CLASSES, locate_fashion_mnist, read_fashion_mnist
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -43,52 +43,16 @@ __all__ = [
 log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
 CANVAS_CLASSES = ("background",) + FASHION_MNIST_CLASSES
-DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
-_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format): magic (0, 0, dtype code, ndim), big-endian sizes, then the data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(shape):
-        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} values")
-    return data.reshape(shape)
 
 
 @lru_cache(maxsize=4)
 def load_fashion_mnist(split: str = "train", root: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST `split` ('train': 60000, 'test': 10000): (images (N, 28, 28) uint8, labels (N,) int64)."""
-    if split not in _FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = Path(root or os.environ.get("FASHION_MNIST_DIR") or DEFAULT_ROOT)
-    paths = []
-    for name in _FILES[split]:
-        found = next((folder / (name + ext) for ext in (".gz", "") if (folder / (name + ext)).exists()), None)
-        if found is None:
-            raise FileNotFoundError(
-                f"Fashion-MNIST file {name}[.gz] not found in {folder}: install Debian's dataset-fashion-mnist "
-                "(apt install dataset-fashion-mnist), or pass root= / set FASHION_MNIST_DIR to a folder holding "
-                "the four IDX files"
-            )
-        paths.append(found)
-    images, labels = _read_idx(paths[0]), _read_idx(paths[1]).astype(np.int64)
-    if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"{folder}: images {images.shape} and labels {labels.shape} do not pair up")
-    return images, labels
+    """Fashion-MNIST `split` ('train': 60000, 'test': 10000): (images (N, 28, 28) uint8, labels (N,) int64).
+
+    Found and read by `focalnet.datasets` (`root`: the folder with the four IDX files); cached, since every
+    CanvasDataset of a split draws from the same items."""
+    return read_fashion_mnist(locate_fashion_mnist(root), split)
 
 
 def _seed_for(split: str, seed: int, index: int) -> np.random.Generator:

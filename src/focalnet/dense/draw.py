@@ -2,7 +2,7 @@
 
 Drawing is torchvision's (`draw_bounding_boxes`, `draw_segmentation_masks`); this module picks colours per
 class, enlarges small images by an integer factor (nearest neighbour, so no pixel is invented) to keep the
-labels legible, reads images of any mode into RGB and writes PNGs atomically.
+labels legible, and writes PNGs atomically (images are read by `focalnet.images.read_image`).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write
+from ..images import read_image
+from ..utils import atomic_write
 
-__all__ = ["palette", "read_image", "draw_detections", "overlay_segmentation", "save_png"]
+__all__ = ["palette", "draw_detections", "overlay_segmentation", "save_png"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,31 +40,6 @@ def _font() -> Optional[str]:
         return str(path) if path.exists() else None
     except ImportError:
         return None
-
-
-def read_image(path: PathLike) -> torch.Tensor:
-    """An image file of any mode (gray, RGBA, palette, 16-bit) as a (3, H, W) uint8 RGB tensor."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist" if not path.exists() else f"{path} is not a file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I", "F"):  # 16-bit and float gray: scale to 8 bits
-                import numpy as np
-
-                arr = np.asarray(im, dtype=np.float32)
-                span = float(arr.max() - arr.min()) or 1.0
-                im = Image.fromarray(((arr - arr.min()) / span * 255).astype("uint8"))
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path} as an image ({e}); give a PNG, JPEG or another format Pillow reads") from None
-    if rgb.width == 0 or rgb.height == 0:
-        raise ValueError(f"{path} is an empty image ({rgb.width}x{rgb.height} pixels)")
-    t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    return t.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()
 
 
 def _enlarge_factor(h: int, w: int, min_side: int) -> int:
@@ -158,8 +134,7 @@ def overlay_segmentation(
         draw.rectangle([x, y, x + size, y + size], fill=tuple(int(v) for v in colors[c]), outline=(0, 0, 0))
         name = class_names[c] if c < len(class_names) else str(c)
         draw.text((x + size + 4, y - 1), name, fill=(0, 0, 0), font=font)
-    t = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8)
-    return t.view(canvas.height, canvas.width, 3).permute(2, 0, 1).contiguous()
+    return read_image(canvas)  # (3, H, W) uint8
 
 
 def save_png(image: torch.Tensor, path: PathLike) -> Path:

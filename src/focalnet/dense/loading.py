@@ -23,20 +23,16 @@ output, `backbone.norm{i}`; the neck and heads (`neck.`, `rpn_head.`, `roi_head.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..checkpoint import Checkpoint, CheckpointError, load_into, read_checkpoint, safe_torch_load
-from ..convert import ConversionError, strip_prefixes, to_focalnet
-
-if TYPE_CHECKING:
-    from .backbone import FocalNetBackbone
+from ..checkpoints import Checkpoint, CheckpointError, read_checkpoint, safe_torch_load
+from ..checkpoints.convert import ConversionError, strip_prefixes, to_focalnet
 
 __all__ = [
     "resize_focal_kernel",
@@ -45,11 +41,11 @@ __all__ = [
     "AdaptReport",
     "BackboneWeights",
     "read_backbone_weights",
-    "load_backbone_weights",
+    "match_backbone_weights",
+    "BackboneLoad",
     "LoadReport",
 ]
 
-log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
 Tensor = torch.Tensor
 
@@ -263,7 +259,7 @@ def _inner_state_dict(obj: object) -> Optional[Mapping[str, Tensor]]:
 
 
 def read_backbone_weights(source: Union[PathLike, Mapping[str, Tensor], Checkpoint]) -> BackboneWeights:
-    """Backbone weights from a file, folder, state dict or `focalnet.checkpoint.Checkpoint`.
+    """Backbone weights from a file, folder, state dict or `focalnet.checkpoints.io.Checkpoint`.
 
     Understands: classification checkpoints in every layout `focalnet.read_checkpoint` reads (ours, the
     authors', timm, Hugging Face); the authors' Mask R-CNN / UperNet checkpoints; our detectors, segmenters
@@ -289,7 +285,7 @@ def read_backbone_weights(source: Union[PathLike, Mapping[str, Tensor], Checkpoi
 
 
 # --------------------------------------------------------------------------------------------------------
-# Loading into a FocalNetBackbone, strictly
+# Matching weights to a backbone, strictly (the backbone applies the result)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -311,20 +307,21 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_backbone_weights(
-    backbone: "FocalNetBackbone", source: Union[PathLike, Mapping[str, Tensor], Checkpoint, BackboneWeights]
-) -> LoadReport:
-    """Load `source` into `backbone`: every tensor of its FocalNet must come from the checkpoint (after focal
-    windows and levels are adapted), or loading fails and names what is missing or mis-shaped.
+@dataclass
+class BackboneLoad:
+    """What to load into a backbone: `state_dict` for its wrapped FocalNet (every tensor, adapted to its
+    focal windows and levels; checked strictly when loaded), `out_norms` for its output norms (stage index
+    -> the checkpoint's 'weight' and 'bias'), the report, and `where` (' (PATH)' of the file, for messages)."""
 
-    Tolerated, and listed in the report: the classifier's final norm and head, stages after the backbone's
-    last output, a detector's neck and heads (ignored); output norms the checkpoint lacks (a classification
-    checkpoint has none: they keep their LayerNorm initialisation, weight 1 and bias 0).
-    """
-    weights = source if isinstance(source, BackboneWeights) else read_backbone_weights(source)
-    model = backbone.model
-    own = model.state_dict()
-    num_stages = len(model.stages)
+    state_dict: dict[str, Tensor]
+    out_norms: dict[int, dict[str, Tensor]]
+    report: LoadReport
+    where: str = ""
+
+
+def _split_model_tensors(weights: BackboneWeights, num_stages: int) -> tuple[dict[str, Tensor], list[str]]:
+    """The tensors a backbone of `num_stages` stages takes, and the names of those it has no place for
+    (the classifier's final norm and head, later stages, a detector's neck and heads)."""
     sd, ignored = {}, list(weights.ignored)
     for key, value in weights.state_dict.items():
         m = _STAGE.match(key)
@@ -332,33 +329,28 @@ def load_backbone_weights(
             ignored.append(key)
         else:
             sd[key] = value
-    sd, adapted = adapt_focal_weights(sd, own)
-    where = f" ({weights.path})" if weights.path else ""
-    try:
-        load_into(model, sd)
-    except CheckpointError as e:
-        raise CheckpointError(f"backbone weights from {weights.source}{where}: {e}") from None
+    return sd, ignored
 
-    initialised = list(adapted.initialised)
-    if backbone.out_norms is not None:
-        for i in backbone.out_indices:
-            norm = backbone.out_norms[str(i)]
-            have = weights.out_norms.get(i)
-            if have is None:
-                initialised.append(f"out_norms.{i}")
-                continue
-            for p in ("weight", "bias"):
-                if p not in have or have[p].shape != getattr(norm, p).shape:
-                    got = tuple(have[p].shape) if p in have else "nothing"
-                    raise CheckpointError(
-                        f"output norm {i}{where}: the checkpoint has {got} for its {p}, the backbone "
-                        f"{tuple(getattr(norm, p).shape)}; check that the variant matches the checkpoint"
-                    )
-            with torch.no_grad():
-                norm.weight.copy_(have["weight"])
-                norm.bias.copy_(have["bias"])
-    extra_norms = [f"norm{i}" for i in weights.out_norms if backbone.out_norms is None or i not in backbone.out_indices]
-    ignored += extra_norms
-    report = LoadReport(weights.source + where, adapted, ignored, initialised)
-    log.info("%s", report.summary())
-    return report
+
+def match_backbone_weights(
+    weights: BackboneWeights,
+    own: Mapping[str, Tensor],
+    *,
+    num_stages: int,
+    out_norms: Sequence[int] = (),
+) -> BackboneLoad:
+    """Match `weights` to a backbone whose FocalNet has the state dict `own` and `num_stages` stages, and
+    which has output norms on the stages `out_norms` (none: empty).
+
+    Tolerated, and listed in the report: the classifier's final norm and head, stages after the backbone's
+    last output, a detector's neck and heads (ignored); output norms the checkpoint lacks (a classification
+    checkpoint has none: they keep their LayerNorm initialisation, weight 1 and bias 0). Nothing is
+    loaded here: `FocalNetBackbone.load_pretrained` applies the result.
+    """
+    sd, ignored = _split_model_tensors(weights, num_stages)
+    sd, adapted = adapt_focal_weights(sd, own)
+    norms = {i: weights.out_norms[i] for i in out_norms if i in weights.out_norms}
+    initialised = list(adapted.initialised) + [f"out_norms.{i}" for i in out_norms if i not in norms]
+    ignored += [f"norm{i}" for i in weights.out_norms if i not in out_norms]
+    where = f" ({weights.path})" if weights.path else ""
+    return BackboneLoad(sd, norms, LoadReport(weights.source + where, adapted, ignored, initialised), where)

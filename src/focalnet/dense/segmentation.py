@@ -22,14 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import FocalNetBackbone
 
 __all__ = ["FocalNetUperNet", "upernet_focalnet", "SEGMENTATION_BUILDERS"]
 
 PathLike = Union[str, os.PathLike]
 IntOrSeq = Union[int, Sequence[int]]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _fcn_head(in_channels: int, channels: int, num_classes: int, dropout: float) -> nn.Sequential:

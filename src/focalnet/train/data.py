@@ -6,9 +6,9 @@
 Sources (`data=`):
 - a folder in the ImageNet layout, `PATH/train/CLASS/*.jpg` and `PATH/val/CLASS/*.jpg` (or `test/`);
   class indices follow the sorted train folder names (for ImageNet-1K: the usual 1K order);
-- `fashion-mnist`: the four IDX files (optionally gzipped) from `data_dir`, `$FOCALNET_DATA/fashion-mnist`,
-  Debian's `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist) or the cache; downloaded
-  with torchvision where a network exists; 60k train / 10k test, 28x28, 1 channel;
+- `fashion-mnist`: the four IDX files (optionally gzipped) from `data_dir` or the usual places, downloaded
+  with torchvision where a network exists (`focalnet.datasets` finds and reads them); 60k train / 10k
+  test, 28x28, 1 channel;
 - `digits`: scikit-learn's 8x8 digits (1797 images), a fixed stratified 80/20 split (1437 / 360).
 
 Grayscale: Fashion-MNIST and digits have one channel and train models built with in_chans=1 (no
@@ -18,7 +18,6 @@ in the batch, and the training loop stops with that path or, with skip_bad_image
 """
 from __future__ import annotations
 
-import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..datasets import (
+    DIGITS_MEAN,
+    DIGITS_STD,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    DataUnavailableError,
+    builtin_dataset,
+    load_digits,
+    load_fashion_mnist,
+)
+from ..errors import FocalNetError
+from ..images import IMAGENET_MEAN, IMAGENET_STD, gray_stats, interpolation_mode
 from .recipes import Recipe
 
 __all__ = [
@@ -43,34 +55,17 @@ __all__ = [
     "set_loader_epoch",
     "epoch_seed",
     "describe_data",
-    "load_fashion_mnist",
-    "load_digits",
-    "read_idx",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIRS",
 ]
 
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# where Debian's dataset-fashion-mnist package puts the files
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-# statistics of the 60k training images (pixel values in [0, 1])
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class BadImageError(ValueError):
+class DataError(FocalNetError, ValueError):
+    """Data that cannot be used as asked (class folders, image sizes, channels, crops)."""
+
+
+class BadImageError(FocalNetError, ValueError):
     """An image file that cannot be read; the message names it and says what to do."""
-
-
-class DataUnavailableError(FileNotFoundError):
-    """A data set that is neither on disk nor downloadable here; the message says how to get it."""
 
 
 @dataclass
@@ -147,7 +142,7 @@ class SafeImageFolder(Dataset):
         else:
             extra = sorted(set(found) - set(class_names))
             if extra:
-                raise ValueError(
+                raise DataError(
                     f"{self.root} has class folders that the training set lacks: {', '.join(extra[:10])}; "
                     "the evaluation split must use the training classes"
                 )
@@ -197,122 +192,6 @@ def collate(batch: Sequence[tuple]) -> tuple[Optional[torch.Tensor], Optional[to
 
 
 # --------------------------------------------------------------------------------------------------------
-# Fashion-MNIST and digits
-# --------------------------------------------------------------------------------------------------------
-
-
-def read_idx(path: os.PathLike) -> np.ndarray:
-    """An IDX file (the MNIST format; gzipped or not) as a numpy array."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataUnavailableError(f"{path} is not an IDX file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if data[2] not in dtypes:
-        raise DataUnavailableError(f"{path}: unknown IDX data type 0x{data[2]:02x}")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise DataUnavailableError(f"{path} is truncated: {arr.size} values for shape {shape}")
-    return arr.reshape(shape)
-
-
-def _find_idx(directory: Path, stem: str) -> Optional[Path]:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("FOCALNET_HOME", Path.home() / ".cache" / "focalnet")) / "data"
-
-
-def fashion_mnist_dirs(data_dir: Optional[os.PathLike] = None) -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order."""
-    dirs: list[Path] = []
-    if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / "FashionMNIST" / "raw"]
-    if os.environ.get("FOCALNET_DATA"):
-        dirs.append(Path(os.environ["FOCALNET_DATA"]) / "fashion-mnist")
-    dirs += [Path(d) for d in FASHION_MNIST_DIRS]
-    dirs.append(_cache_root() / "FashionMNIST" / "raw")
-    return dirs
-
-
-def _locate_fashion_mnist(dirs: Sequence[Path]) -> Optional[Path]:
-    for d in dirs:
-        if all(_find_idx(d, stem) for pair in FASHION_MNIST_FILES.values() for stem in pair):
-            return d
-    return None
-
-
-def load_fashion_mnist(
-    data_dir: Optional[os.PathLike] = None, download: bool = True
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Path]:
-    """{'train': (images uint8 (60000, 1, 28, 28), labels), 'test': (..10000..)} and the folder read.
-
-    Looks in `fashion_mnist_dirs(data_dir)`; if absent and `download`, fetches the files with torchvision
-    into the cache; otherwise raises DataUnavailableError saying how to get them.
-    """
-    dirs = fashion_mnist_dirs(data_dir)
-    found = _locate_fashion_mnist(dirs)
-    download_error = None
-    if found is None and download:
-        root = Path(data_dir) if data_dir is not None else _cache_root()
-        import socket
-
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)  # a machine whose network drops packets must not hang here forever
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
-        except Exception as e:  # no network: URLError, HTTPError, RuntimeError from torchvision
-            download_error = f"{type(e).__name__}: {e}"
-        finally:
-            socket.setdefaulttimeout(previous)
-        found = _locate_fashion_mnist([root / "FashionMNIST" / "raw"])
-    if found is None:
-        tried = "\n  ".join(str(d) for d in dirs)
-        why = f"\nThe download failed ({download_error})." if download_error else ""
-        raise DataUnavailableError(
-            "Fashion-MNIST is not on this machine. Looked for train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
-            f"t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz) in:\n  {tried}{why}\n"
-            "Get it with Debian's package (`sudo apt-get install dataset-fashion-mnist`), or download the four files "
-            "from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a folder and pass it as "
-            "--data-dir, or use --data digits"
-        )
-    out = {}
-    for split, (img_stem, lbl_stem) in FASHION_MNIST_FILES.items():
-        images = read_idx(_find_idx(found, img_stem))
-        labels = read_idx(_find_idx(found, lbl_stem))
-        if images.ndim != 3 or len(images) != len(labels):
-            raise DataUnavailableError(f"{found}: {split} images {images.shape} and labels {labels.shape} do not match")
-        out[split] = (torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
-    return out, found
-
-
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits as uint8 (N, 1, 8, 8) (values 0..16 scaled to 0..255), split 80/20
-    stratified with a fixed seed, so that every run and every test sees the same test images."""
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    d = sk_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    idx_train, idx_test = train_test_split(
-        np.arange(len(images)), test_size=test_fraction, random_state=seed, stratify=d.target
-    )
-    to = lambda idx: (torch.from_numpy(images[idx]), torch.from_numpy(d.target[idx].astype(np.int64)))  # noqa: E731
-    return {"train": to(idx_train), "test": to(idx_test)}
-
-
-# --------------------------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------------------------
 
@@ -334,9 +213,10 @@ def build_transform(
     """
     from torchvision.transforms import v2
 
+    interpolation = interpolation_mode(recipe.interpolation)  # an unknown name fails here, for every split
     size = img_size or recipe.img_size or info.img_size
     if size is None:
-        raise ValueError(f"{info.name}: images have no fixed size; pass --img-size")
+        raise DataError(f"{info.name}: images have no fixed size; pass --img-size")
     hflip = recipe.hflip if info.hflip_ok else 0.0
     native = info.img_size
     crop_pct = recipe.crop_pct if recipe.crop_pct is not None else 0.875
@@ -352,7 +232,7 @@ def build_transform(
             )
         steps: list = [v2.ToImage()]
         if size != native:
-            steps.append(v2.Resize(size, interpolation=_interp(recipe.interpolation), antialias=True))
+            steps.append(v2.Resize(size, interpolation=interpolation, antialias=True))
         return v2.Compose(steps + to_float)
 
     if recipe.train_crop == "random_resized":
@@ -367,7 +247,7 @@ def build_transform(
             return v2.Compose([v2.ToPILImage(), tf])
         return tf
     if recipe.train_crop != "pad":
-        raise ValueError(f"unknown train_crop {recipe.train_crop!r}; choose 'random_resized' or 'pad'")
+        raise DataError(f"unknown train_crop {recipe.train_crop!r}; choose 'random_resized' or 'pad'")
     pad = size // 14 if recipe.pad is None else recipe.pad  # 2 px at 28 px; none at 8 px (a shift is an eighth of a digit)
     erase = None
     if recipe.reprob > 0:
@@ -376,7 +256,7 @@ def build_transform(
         erase = RandomErasing(recipe.reprob, mode=recipe.remode, device="cpu")
     if info.kind == "tensor" and size == native:
         return PadCropFlip(pad, hflip, info.mean, info.std, erase)
-    steps = [v2.ToImage(), v2.Resize((size, size), interpolation=_interp(recipe.interpolation), antialias=True)]
+    steps = [v2.ToImage(), v2.Resize((size, size), interpolation=interpolation, antialias=True)]
     if pad:
         steps.append(v2.RandomCrop(size, padding=pad))
     if hflip > 0:
@@ -417,13 +297,6 @@ class PadCropFlip:
         return f"PadCropFlip(pad={self.pad}, hflip={self.hflip})"
 
 
-def _interp(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-            "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BICUBIC)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Building data sets and loaders
 # --------------------------------------------------------------------------------------------------------
@@ -440,14 +313,14 @@ def describe_data(
     need_train: bool = True,
 ) -> tuple[DataInfo, dict]:
     """Resolve `data` to its DataInfo and its raw splits (tensors for in-memory sets, folders otherwise)."""
-    key = data.lower().replace("_", "-")
-    if key in ("fashion-mnist", "fashionmnist", "fmnist"):
+    key = builtin_dataset(data)
+    if key == "fashion-mnist":
         splits, found = load_fashion_mnist(data_dir, download=download)
         info = DataInfo(
             "fashion-mnist", list(FASHION_MNIST_CLASSES), 1, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, "tensor",
             source=str(found),
         )
-    elif key in ("digits", "sklearn-digits"):
+    elif key == "digits":
         splits = load_digits()
         info = DataInfo(
             "digits", [str(i) for i in range(10)], 1, 8, DIGITS_MEAN, DIGITS_STD, "tensor", hflip_ok=False,
@@ -472,15 +345,12 @@ def describe_data(
         if not class_names:
             raise DataUnavailableError(f"{class_root} has no class folders")
         chans = in_chans or 3
-        from .registry import IMAGENET_MEAN, IMAGENET_STD
-
-        m = tuple(IMAGENET_MEAN) if chans == 3 else (float(np.mean(IMAGENET_MEAN)),)
-        s = tuple(IMAGENET_STD) if chans == 3 else (float(np.mean(IMAGENET_STD)),)
+        m, s = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else gray_stats(IMAGENET_MEAN, IMAGENET_STD)
         info = DataInfo(root.name, class_names, chans, None, m, s, "folder", eval_split=eval_split, source=str(root))
         splits = {"train": root / "train" if has_train else None, eval_split: root / eval_split}
     if info.kind == "tensor" and in_chans not in (None, info.in_chans):
         if in_chans != 3:
-            raise ValueError(f"{info.name} has 1 channel; in_chans must be 1 (or 3 to repeat the gray channel)")
+            raise DataError(f"{info.name} has 1 channel; in_chans must be 1 (or 3 to repeat the gray channel)")
         info.notes.append("gray images repeated to 3 channels (in_chans=3)")
         splits = {k: (x.expand(-1, 3, -1, -1).contiguous(), y) for k, (x, y) in splits.items()}
         info.in_chans, info.mean, info.std = 3, info.mean * 3, info.std * 3

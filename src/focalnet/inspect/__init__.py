@@ -1,6 +1,8 @@
-"""Seeing focal modulation: a hook-based recorder and the pictures made from it.
+"""Seeing what a model does: a hook-based recorder of focal modulation and the pictures made from it,
+measured complexity (`inspect.complexity`) and classification of images (`inspect.predict`; its
+preprocessing is exported here for the other packages).
 
-    from focalnet.viz import ModulationRecorder, write_pictures
+    from focalnet.inspect import ModulationRecorder, write_pictures
     with ModulationRecorder(model, blocks="last") as rec:
         model(x)
     rec.records[0].gates            # (B, L + 1, h, w)
@@ -16,6 +18,7 @@ from .pictures import (
     modulation_picture,
     write_pictures,
 )
+from .predict import preprocessing_for, to_tensor
 from .recorder import BlockRef, ModulationRecord, ModulationRecorder, RecorderError, record_modulation, resolve_blocks
 
 __all__ = [
@@ -33,4 +36,6 @@ __all__ = [
     "GridLayout",
     "Panel",
     "Picture",
+    "preprocessing_for",
+    "to_tensor",
 ]

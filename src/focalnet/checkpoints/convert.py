@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import torch
+from ..errors import FocalNetError
 
 __all__ = [
     "FORMATS",
@@ -28,6 +29,8 @@ __all__ = [
     "to_focalnet",
     "from_focalnet",
     "detect_layout",
+    "detect_family",
+    "timm_is_post_norm",
     "strip_prefixes",
     "in22k_head_to_in1k",
     "IN1K_MISSING_FROM_IN22K",
@@ -43,7 +46,7 @@ StateDict = Mapping[str, Tensor]
 IN1K_MISSING_FROM_IN22K = 850
 
 
-class ConversionError(ValueError):
+class ConversionError(FocalNetError, ValueError):
     """A state dict that does not fit the layout it is converted from or to."""
 
 
@@ -264,7 +267,8 @@ def detect_family(sd: StateDict, fmt: str) -> str:
     return "isotropic" if stages == {0} else "hierarchical"
 
 
-def _timm_is_post_norm(sd: StateDict) -> bool:
+def timm_is_post_norm(sd: StateDict) -> bool:
+    """Whether a timm state dict holds post-norm blocks: timm names their norms `norm1_post`/`norm2_post`."""
     return any(".norm1_post." in k for k in sd)
 
 
@@ -279,7 +283,7 @@ def to_focalnet(sd: StateDict, fmt: Optional[str] = None, family: Optional[str] 
         prefix = "focalnet." if any(k.startswith("focalnet.") for k in sd) else ""
         rows = _table("hf", family, hf_prefix=prefix)
     else:
-        rows = _table(fmt, family, use_post_norm=fmt == "timm" and _timm_is_post_norm(sd))
+        rows = _table(fmt, family, use_post_norm=fmt == "timm" and timm_is_post_norm(sd))
     return _convert(sd, rows, forward=False, what=f"reading a {fmt!r} checkpoint")
 
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from ..errors import FocalNetError
 
 __all__ = ["ModulationRecord", "ModulationRecorder", "RecorderError", "BlockRef", "resolve_blocks", "record_modulation"]
 
@@ -31,7 +32,7 @@ BlockSpec = Union[None, str, int, Sequence[Union[str, int]]]
 _POINTS = ("f", "focal_layers", "global_act", "h")
 
 
-class RecorderError(ValueError):
+class RecorderError(FocalNetError, ValueError):
     """A block that does not exist, or a model whose modulation cannot be observed (e.g. fused)."""
 
 

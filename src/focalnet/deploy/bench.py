@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 import platform
 import resource
 import statistics
@@ -34,6 +35,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import FocalNetError
+
 __all__ = [
     "IMPLEMENTATIONS",
     "BenchResult",
@@ -45,6 +48,10 @@ __all__ = [
     "format_table",
     "device_peak_flops",
 ]
+
+class BenchError(FocalNetError, ValueError):
+    """A benchmark that cannot be run as asked."""
+
 
 # what --compare runs, in this order; "timm" is the reference of every ratio
 IMPLEMENTATIONS = ("ours", "ours-fused", "timm", "hf", "swin_t", "convnext_t")
@@ -144,13 +151,13 @@ def build_implementation(
     Raises ValueError with the reason when `impl` cannot run this variant (e.g. timm has no isotropic FocalNet).
     """
     if impl in ("ours", "ours-fused"):
-        from .factory import create_model
+        from ..factory import create_model
 
         model = create_model(variant, num_classes=num_classes)
         if impl == "ours-fused":
             if training:
-                raise ValueError("ours-fused is inference only (fuse_for_inference folds dropout and drop path away)")
-            from .fast import fuse_for_inference
+                raise BenchError("ours-fused is inference only (fuse_for_inference folds dropout and drop path away)")
+            from .fused import fuse_for_inference
 
             model = fuse_for_inference(model.eval())
         return model, model
@@ -159,13 +166,13 @@ def build_implementation(
 
         name = _timm_name(variant)
         if name is None:
-            raise ValueError(f"timm has no {variant}")
+            raise BenchError(f"timm has no {variant}")
         model = timm.create_model(name, num_classes=num_classes)
         return model, model
     if impl == "hf":
         import transformers
 
-        from .checkpoint import hf_config
+        from ..checkpoints import hf_config
 
         arch = _arch_of(variant, num_classes)
         cfg = {k: v for k, v in hf_config(arch).items() if k not in ("model_type", "architectures")}
@@ -178,23 +185,23 @@ def build_implementation(
         kw = dict(img_size=img_size) if impl == "swin_t" else {}
         model = timm.create_model(name, num_classes=num_classes, **kw)
         return model, model
-    raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+    raise BenchError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLEMENTATIONS)}")
 
 
 def _arch_of(variant: str, num_classes: int) -> dict:
-    from .registry import get_spec
+    from ..registry import get_spec
 
     return {**get_spec(variant).arch, "num_classes": num_classes}
 
 
-def _focalnet_flops(variant: str, img_size: int) -> float:
-    # the fused kernels are invisible to FlopCounterMode; the function (and so its FLOPs) is the unfused model's
-    from .complexity import count_macs
-    from .registry import build_model
+def _unfused_flops(variant: str, x: torch.Tensor) -> Optional[float]:
+    # the oneDNN kernels of a fused model are invisible to FlopCounterMode; it computes the same function as the
+    # unfused model, whose FLOPs are counted on the meta device (no weights, no arithmetic)
+    from ..registry import build_model
 
     with torch.device("meta"):
         model = build_model(variant)
-    return 2.0 * count_macs(model, img_size)
+    return _forward_flops(model, model, x.to("meta"))
 
 
 def _forward_flops(module: nn.Module, fn: Callable, x: torch.Tensor) -> Optional[float]:
@@ -277,7 +284,7 @@ def run_inference(
             log(f"skipping {impl}: {e}")
             continue
         module = _prepare(module.eval(), dev, channels_last)
-        flops = _forward_flops(module, fn, x) if impl != "ours-fused" else _focalnet_flops(variant, img_size)
+        flops = _forward_flops(module, fn, x) if impl != "ours-fused" else _unfused_flops(variant, x)
         if compile:
             fn = torch.compile(fn)
         results[impl] = BenchResult(impl, "infer", batch_size, img_size, dtype, device, compile, flops_per_img=flops)
@@ -309,7 +316,7 @@ def _train_step_fn(module: nn.Module, fn: Callable, x: torch.Tensor, y: torch.Te
     return step
 
 
-def _make_train(impl: str, variant: str, img_size: int, batch_size: int, dev: torch.device, dtype: str,
+def _make_train(impl: str, *, variant: str, img_size: int, batch_size: int, dev: torch.device, dtype: str,
                 compile: bool, channels_last: bool, recompute: bool):
     module, fn = build_implementation(impl, variant=variant, img_size=img_size, training=True)
     module = _prepare(module.train(), dev, channels_last)
@@ -348,7 +355,9 @@ def run_training(
     calls, results = {}, {}
     for impl in impls:
         try:
-            module, fn, x, step = _make_train(impl, variant, img_size, batch_size, dev, dtype, compile, channels_last, recompute)
+            module, fn, x, step = _make_train(impl, variant=variant, img_size=img_size, batch_size=batch_size, dev=dev,
+                                              dtype=dtype, compile=compile, channels_last=channels_last,
+                                              recompute=recompute)
         except (ValueError, ImportError) as e:
             log(f"skipping {impl}: {e}")
             continue
@@ -375,8 +384,9 @@ def _rss_bytes() -> int:
 def _peak_child(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     dev = torch.device(cfg["device"])
-    module, fn, x, step = _make_train(cfg["impl"], cfg["variant"], cfg["img_size"], cfg["batch_size"], dev,
-                                      cfg["dtype"], cfg["compile"], cfg["channels_last"], cfg["recompute"])
+    module, fn, x, step = _make_train(cfg["impl"], variant=cfg["variant"], img_size=cfg["img_size"],
+                                      batch_size=cfg["batch_size"], dev=dev, dtype=cfg["dtype"], compile=cfg["compile"],
+                                      channels_last=cfg["channels_last"], recompute=cfg["recompute"])
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -412,7 +422,7 @@ def peak_training_memory(
                compile=compile, channels_last=channels_last, recompute=recompute, steps=steps,
                threads=torch.get_num_threads())
     proc = subprocess.run(
-        [sys.executable, "-m", "focalnet.bench", "--peak-child", json.dumps(cfg)],
+        [sys.executable, "-m", "focalnet.deploy.bench", "--peak-child", json.dumps(cfg)],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": _pythonpath()},
     )
     if proc.returncode != 0:
@@ -422,7 +432,9 @@ def peak_training_memory(
 
 def _pythonpath() -> str:
     # the child must import this very copy of focalnet (a source checkout may shadow an installed one)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # deploy/bench.py -> the folder that holds the focalnet package (never focalnet/ itself: its inspect/ would
+    # shadow the standard library's inspect)
+    here = str(Path(__file__).resolve().parents[2])
     return os.pathsep.join([here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 

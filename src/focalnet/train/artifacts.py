@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .checkpoint import atomic_write
+from ..utils import atomic_write, format_duration
+from .config import TrainingError
 
 __all__ = [
     "epoch_line",
@@ -21,16 +22,12 @@ __all__ = [
     "plot_curves",
     "plot_confusion",
     "write_confusion_csv",
+    "write_confusion",
     "per_class_table",
     "tensorboard_writer",
     "tensorboard_log",
     "try_count_macs",
 ]
-
-
-def _fmt_time(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def epoch_line(r: dict, epochs: int) -> str:
@@ -41,7 +38,7 @@ def epoch_line(r: dict, epochs: int) -> str:
     if "ema_test_top1" in r:
         parts.append(f"EMA top-1 {r['ema_test_top1']:.2f}%")
     parts.append(f"{r['train_img_per_s']:.0f} img/s")
-    parts.append(f"epoch {_fmt_time(r['epoch_time'])}, total {_fmt_time(r['elapsed'])}")
+    parts.append(f"epoch {format_duration(r['epoch_time'])}, total {format_duration(r['elapsed'])}")
     if r.get("bad_images"):
         parts.append(f"{r['bad_images']} unreadable images skipped")
     if r.get("replicas_identical") is False:
@@ -131,8 +128,8 @@ def summary_lines(s: dict) -> list[str]:
     if "final_ema" in s:
         lines.append(f"EMA:   test top-1 {s['final_ema']['top1']:.2f}%")
     ips = s.get("train_img_per_s")
-    lines.append(f"time:  {_fmt_time(s['train_time_s'])} training ({s['train_time_s']:.0f} s), "
-                 f"{_fmt_time(s['wall_time_s'])} in all" + (f", {ips:.0f} training img/s" if ips else ""))
+    lines.append(f"time:  {format_duration(s['train_time_s'])} training ({s['train_time_s']:.0f} s), "
+                 f"{format_duration(s['wall_time_s'])} in all" + (f", {ips:.0f} training img/s" if ips else ""))
     return lines
 
 
@@ -218,6 +215,13 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     _save_figure(fig, path)
 
 
+def write_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], folder: os.PathLike,
+                    *, title: str) -> None:
+    """confusion.png and confusion.csv in `folder`: what `focalnet train` and `focalnet eval --output` leave."""
+    plot_confusion(confusion, class_names, Path(folder) / "confusion.png", title=title)
+    write_confusion_csv(confusion, class_names, Path(folder) / "confusion.csv")
+
+
 def write_confusion_csv(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: os.PathLike) -> None:
     import csv
 
@@ -234,7 +238,7 @@ def tensorboard_writer(path: os.PathLike) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ValueError(f"--tensorboard needs the tensorboard package: pip install tensorboard ({e})") from None
+        raise TrainingError(f"--tensorboard needs the tensorboard package: pip install tensorboard ({e})") from None
     return SummaryWriter(str(path))
 
 

@@ -15,7 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import FocalNetError
+
 __all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "scaled_lr"]
+
+
+class RecipeError(FocalNetError, ValueError):
+    """An unknown recipe or recipe field."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class Recipe:
     def replace(self, **changes: Any) -> "Recipe":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}; fields: {', '.join(recipe_fields())}")
+            raise RecipeError(f"unknown recipe field(s) {', '.join(unknown)}; fields: {', '.join(recipe_fields())}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -116,7 +122,7 @@ def list_recipes() -> list[str]:
 def get_recipe(name: str, **overrides: Any) -> Recipe:
     """The named recipe, with `overrides` (None values are ignored: they mean 'keep the recipe's')."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
+        raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
     return RECIPES[name].replace(**{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -22,12 +22,16 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..errors import FocalNetError
+from ..utils import atomic_write, format_duration
+from .artifacts import read_metrics
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["write_run_report", "RunReportError"]
 
 
-class RunReportError(ValueError):
+class RunReportError(FocalNetError, ValueError):
     """The folder is not a finished training run (or lacks what the report needs); the message says which."""
 
 
@@ -40,7 +44,7 @@ def _read_json(path: Path) -> dict:
 
 def _test_images(summary: dict, count: int) -> list[tuple[str, torch.Tensor, int]]:
     """(name, (C, H, W) float image in [0, 1], label) for the first test image of the first `count` classes."""
-    from .data import load_digits, load_fashion_mnist
+    from ..datasets import load_digits, load_fashion_mnist
 
     data = summary.get("data")
     if data == "fashion-mnist":
@@ -77,7 +81,8 @@ def _folder_images(summary: dict, count: int) -> list[tuple[str, Path, int]]:
 
 
 def _predict(model: torch.nn.Module, images: list, names: list[str]) -> list[tuple[str, float]]:
-    from .predict import load_image, preprocessing_for, to_tensor
+    from ..images import load_image
+    from ..inspect import preprocessing_for, to_tensor
 
     pre = preprocessing_for(model)
     x = torch.stack([to_tensor(load_image(img, pre.mode), pre, resize=None) for img in images])
@@ -94,21 +99,37 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _fmt_time(s: float) -> str:
-    m, s = divmod(int(round(s)), 60)
-    return f"{m}:{s:02d}"
-
-
 def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: bool = False) -> Path:
     """Write RUN/report.md and RUN/pictures/ for a finished `focalnet train` run; returns report.md's path.
 
     num_pictures: test images to picture (one per class, 0 for none). Existing pictures or report are
     refused unless `overwrite`."""
-    from .checkpoint import atomic_write
-    from .factory import load_model
-    from .viz import write_pictures
+    from ..factory import load_model
 
     run = Path(run_dir)
+    report_path = _check_run(run, num_pictures=num_pictures, overwrite=overwrite)
+    summary = _read_json(run / "summary.json")
+    history = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    ev = _read_json(run / "eval" / "eval.json") if (run / "eval" / "eval.json").is_file() else None
+    config: dict = {}
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    summary["config"] = config
+
+    model = load_model(run / "model.safetensors").eval()
+    shown = _picture_items(model, summary, run / "pictures", num_pictures=num_pictures, overwrite=overwrite)
+    lines = _overview(summary, ev) + _per_epoch(history) + _per_class(summary, ev) + _modulation(shown)
+    if config:
+        lines += ["## Configuration (config.yaml)", "", "```yaml", (run / "config.yaml").read_text().rstrip(), "```", ""]
+    with atomic_write(report_path, "w") as f:
+        f.write("\n".join(lines))
+    return report_path
+
+
+def _check_run(run: Path, *, num_pictures: int, overwrite: bool) -> Path:
+    """report.md's path, once `run` is a finished run and nothing would be overwritten unasked."""
     if not run.is_dir():
         raise RunReportError(f"{run} is not a folder; pass the output folder of `focalnet train`")
     missing = [n for n in ("summary.json", "model.safetensors") if not (run / n).is_file()]
@@ -121,35 +142,33 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
     pictures = run / "pictures"
     if not overwrite and (report_path.exists() or (num_pictures and pictures.exists())):
         raise FileExistsError(f"{report_path if report_path.exists() else pictures} exists; pass overwrite=True (CLI: --force)")
-    summary = _read_json(run / "summary.json")
-    history = []
-    if (run / "metrics.jsonl").is_file():
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    ev = _read_json(run / "eval" / "eval.json") if (run / "eval" / "eval.json").is_file() else None
-    config: dict = {}
-    if (run / "config.yaml").is_file():
-        import yaml
+    return report_path
 
-        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    summary["config"] = config
 
-    model = load_model(run / "model.safetensors").eval()
-    shown: list[str] = []
-    if num_pictures > 0:
-        samples = _test_images(summary, num_pictures)
-        if samples:
-            names, images, labels = zip(*samples)
-            preds = _predict(model, list(images), summary["classes"])
-            written = write_pictures(model, list(images), pictures, names=list(names), overwrite=overwrite,
-                                     title=summary.get("model"))
-            for name, label, (pred, conf), path in zip(names, labels, preds, written):
-                shown.append(f"**{name}** (true: {summary['classes'][label]}; predicted: {pred}, {conf:.0%})\n\n"
-                             f"![{name}](pictures/{path.name})")
-            if (pictures / "kernels.png").is_file():
-                shown.append("**Depthwise kernels** of every focal level (and their composition, the receptive "
-                             "field each level adds)\n\n![kernels](pictures/kernels.png)")
+def _picture_items(model: torch.nn.Module, summary: dict, pictures: Path, *, num_pictures: int,
+                   overwrite: bool) -> list[str]:
+    """Pictures of one test image per class (and of the kernels), as report.md items."""
+    from ..inspect import write_pictures
 
-    s = summary
+    samples = _test_images(summary, num_pictures) if num_pictures > 0 else []
+    if not samples:
+        return []
+    names, images, labels = zip(*samples)
+    preds = _predict(model, list(images), summary["classes"])
+    written = write_pictures(model, list(images), pictures, names=list(names), overwrite=overwrite,
+                             title=summary.get("model"))
+    shown = []
+    for name, label, (pred, conf), path in zip(names, labels, preds, written):
+        shown.append(f"**{name}** (true: {summary['classes'][label]}; predicted: {pred}, {conf:.0%})\n\n"
+                     f"![{name}](pictures/{path.name})")
+    if (pictures / "kernels.png").is_file():
+        shown.append("**Depthwise kernels** of every focal level (and their composition, the receptive "
+                     "field each level adds)\n\n![kernels](pictures/kernels.png)")
+    return shown
+
+
+def _overview(s: dict, ev: Optional[dict]) -> list[str]:
+    """Title, what was trained on what, the final / best / EMA accuracy, how long, and `focalnet eval`'s number."""
     arch = s.get("arch") or {}
     arch_text = ", ".join(f"{k} {v}" for k, v in arch.items()) or "as registered"
     macs = f"{s['macs'] / 1e6:.1f} M MACs at {s.get('img_size')} px" if s.get("macs") else "MACs not measured"
@@ -165,8 +184,8 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
             [f"best epoch ({s['best'].get('epoch', '-')})", f"{s['best']['top1']:.2f} %", f"{s['best'].get('top5', float('nan')):.2f} %"],
         ] + ([["EMA weights", f"{s['final_ema']['top1']:.2f} %", f"{s['final_ema']['top5']:.2f} %"]] if "final_ema" in s else [])),
         "",
-        f"Training time {_fmt_time(s['train_time_s'])} ({s['train_time_s']:.0f} s, evaluation after each epoch included), "
-        f"{_fmt_time(s['wall_time_s'])} in all"
+        f"Training time {format_duration(s['train_time_s'])} ({s['train_time_s']:.0f} s, evaluation after each epoch included), "
+        f"{format_duration(s['wall_time_s'])} in all"
         + (f", {s['train_img_per_s']:.0f} training images/s." if s.get("train_img_per_s") else ".")
         + (f" {s['stopped_early']}." if s.get("stopped_early") else ""),
         "",
@@ -174,33 +193,43 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
     if ev is not None:
         lines += [f"`focalnet eval` of model.safetensors (eval/eval.json): top-1 {ev['top1']:.2f} %, top-5 {ev['top5']:.2f} % "
                   f"on {ev['images']} images.", ""]
-    if history:
-        lines += ["## Per epoch", "", _md_table(
-            ["epoch", "train loss", "lr", "test loss", "test top-1", "img/s", "elapsed"],
-            [[r["epoch"], f"{r['train_loss']:.4f}", f"{r['lr']:.2e}", f"{r.get('test_loss', float('nan')):.4f}",
-              f"{r.get('test_top1', float('nan')):.2f} %", f"{r.get('train_img_per_s', 0):.0f}", _fmt_time(r.get("elapsed", 0))]
-             for r in history]), "", "![curves](curves.png)", ""]
+    return lines
+
+
+def _per_epoch(history: list[dict]) -> list[str]:
+    if not history:
+        return []
+    return ["## Per epoch", "", _md_table(
+        ["epoch", "train loss", "lr", "test loss", "test top-1", "img/s", "elapsed"],
+        [[r["epoch"], f"{r['train_loss']:.4f}", f"{r['lr']:.2e}", f"{r.get('test_loss', float('nan')):.4f}",
+          f"{r.get('test_top1', float('nan')):.2f} %", f"{r.get('train_img_per_s', 0):.0f}", format_duration(r.get("elapsed", 0))]
+         for r in history]), "", "![curves](curves.png)", ""]
+
+
+def _per_class(s: dict, ev: Optional[dict]) -> list[str]:
+    """Test top-1 per class, and (with `focalnet eval`'s confusion matrix) the class each is most confused with."""
     per_class = s.get("per_class_top1") or {}
-    if per_class:
-        confused = {}
-        if ev is not None and len(ev.get("confusion", [])) == len(s["classes"]):
-            for i, row in enumerate(ev["confusion"]):
-                off = [(n, j) for j, n in enumerate(row) if j != i]
-                n, j = max(off) if off else (0, i)
-                confused[s["classes"][i]] = f"{s['classes'][j]} ({n})" if n else "-"
-        lines += ["## Per class", "", _md_table(
-            ["class", "test top-1", "most confused with"],
-            [[c, "-" if v is None else f"{v:.1f} %", confused.get(c, "")] for c, v in per_class.items()]),
-            "", "![confusion](confusion.png)", ""]
-    if shown:
-        lines += ["## What the modulation does", "",
-                  "For each image: the gates of every focal level and of the global context, the aggregated "
-                  "context and the modulator magnitude |h(.)| of the last block of every stage "
-                  "(`focalnet visualize`; layout in pictures/pictures.json).", ""]
-        for item in shown:
-            lines += [item, ""]
-    if config:
-        lines += ["## Configuration (config.yaml)", "", "```yaml", (run / "config.yaml").read_text().rstrip(), "```", ""]
-    with atomic_write(report_path, "w") as f:
-        f.write("\n".join(lines))
-    return report_path
+    if not per_class:
+        return []
+    confused = {}
+    if ev is not None and len(ev.get("confusion", [])) == len(s["classes"]):
+        for i, row in enumerate(ev["confusion"]):
+            off = [(n, j) for j, n in enumerate(row) if j != i]
+            n, j = max(off) if off else (0, i)
+            confused[s["classes"][i]] = f"{s['classes'][j]} ({n})" if n else "-"
+    return ["## Per class", "", _md_table(
+        ["class", "test top-1", "most confused with"],
+        [[c, "-" if v is None else f"{v:.1f} %", confused.get(c, "")] for c, v in per_class.items()]),
+        "", "![confusion](confusion.png)", ""]
+
+
+def _modulation(shown: list[str]) -> list[str]:
+    if not shown:
+        return []
+    lines = ["## What the modulation does", "",
+             "For each image: the gates of every focal level and of the global context, the aggregated "
+             "context and the modulator magnitude |h(.)| of the last block of every stage "
+             "(`focalnet visualize`; layout in pictures/pictures.json).", ""]
+    for item in shown:
+        lines += [item, ""]
+    return lines

@@ -1,5 +1,5 @@
-"""Images in, class names and probabilities out: reading images safely, the authors' evaluation transform,
-and the names behind each head.
+"""Images in, class names and probabilities out: the authors' evaluation transform and the names behind
+each head (images are read by `focalnet.images.load_image`).
 
 Preprocessing is the authors' evaluation transform (their `build_transform(is_train=False)`, which timm's
 `create_transform` reproduces): bicubic resize of the shorter side to img_size / crop_pct (256 for 224),
@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import FocalNetError
+from ..images import IMAGENET_MEAN, IMAGENET_STD, ImageLike, gray_stats, interpolation_mode, load_image
+
 __all__ = [
-    "ImageError",
-    "load_image",
+    "PredictionError",
     "Preprocessing",
     "preprocessing_for",
     "to_tensor",
@@ -39,90 +39,11 @@ __all__ = [
     "predict",
 ]
 
-ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IN22K_MS_UNTRAINED = 850  # ImageNet-1K 'teddy bear' has no ImageNet-22K images
 
 
-class ImageError(ValueError):
-    """An image that cannot be used: missing, unreadable, or in an unsupported format."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading images
-# ----------------------------------------------------------------------------------------------------------
-
-
-def load_image(image: ImageLike, mode: str = "RGB") -> "PIL.Image.Image":  # noqa: F821
-    """Read `image` (a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) float tensor in [0, 1])
-    as a PIL image in `mode` ('RGB' or 'L').
-
-    Errors name the file and say what is wrong: missing, a folder, not an image (unsupported format),
-    truncated, or larger than Pillow's decompression-bomb limit."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        img = image
-    elif isinstance(image, torch.Tensor):
-        t = image.detach().float().cpu()
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ImageError(f"an image tensor must be (C, H, W) with C = 1 or 3, got shape {tuple(image.shape)}")
-        arr = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-    elif isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.min() >= 0 and arr.max() <= 1:
-                arr = (arr * 255).round().astype(np.uint8)
-            else:
-                raise ImageError(f"an image array must be uint8, or float in [0, 1]; got {arr.dtype}")
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-            raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
-        img = Image.fromarray(arr)
-    else:
-        path = Path(image)
-        if not path.exists():
-            raise ImageError(f"image not found: {path}")
-        if path.is_dir():
-            raise ImageError(f"{path} is a folder, not an image file")
-        try:
-            with Image.open(path) as opened:
-                opened.load()  # decode now: a truncated file fails here, not later
-                img = opened.copy()
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"cannot read {path} as an image: unsupported format or not an image "
-                "(Pillow reads JPEG, PNG, BMP, GIF, TIFF, WebP, ...)"
-            ) from None
-        except Image.DecompressionBombError as e:
-            raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"cannot decode {path}: {e} (truncated or corrupt file?)") from None
-    return _convert(img, mode)
-
-
-def _convert(img: "PIL.Image.Image", mode: str) -> "PIL.Image.Image":  # noqa: F821
-    from PIL import Image
-
-    if mode not in ("RGB", "L"):
-        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float images: PIL's convert would clip to 0..255; rescale the range instead
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
-        img = Image.fromarray((arr * 255).round().astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))  # transparent -> white, not black
-        img = Image.alpha_composite(background, img)
-    return img.convert(mode)
+class PredictionError(FocalNetError, ValueError):
+    """A model that cannot classify images: no classifier, or an input it cannot take."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,7 +74,7 @@ def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Prepr
 
     A grayscale model (in_chans=1, e.g. RGB weights whose stem was summed over its input channels) takes
     the gray image normalised with the mean of the three means and stds."""
-    from .registry import get_spec
+    from ..registry import get_spec
 
     variant = getattr(model, "variant", None)
     kwargs: dict[str, Any] = {}
@@ -168,7 +89,7 @@ def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Prepr
         )
     in_chans = int(getattr(model, "in_chans", 3))
     if in_chans not in (1, 3):
-        raise ValueError(
+        raise PredictionError(
             f"the model takes {in_chans}-channel input; images can feed 1-channel (grayscale) or 3-channel (RGB) models"
         )
     saved = getattr(model, "preprocessing", None)  # what the weights were trained with (load_model sets it)
@@ -176,21 +97,11 @@ def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Prepr
         kwargs.update(mean=tuple(saved["mean"]), std=tuple(saved["std"]))
         kwargs.update({k: saved[k] for k in ("img_size", "crop_pct", "interpolation") if saved.get(k) is not None})
     elif in_chans == 1:
-        mean = kwargs.get("mean", IMAGENET_MEAN)
-        std = kwargs.get("std", IMAGENET_STD)
-        kwargs.update(mean=(float(np.mean(mean)),), std=(float(np.mean(std)),))
+        mean, std = gray_stats(kwargs.get("mean", IMAGENET_MEAN), kwargs.get("std", IMAGENET_STD))
+        kwargs.update(mean=mean, std=std)
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
     return Preprocessing(in_chans=in_chans, **kwargs)
-
-
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    try:
-        return InterpolationMode(name)
-    except ValueError:
-        raise ValueError(f"unknown interpolation {name!r}; use bicubic, bilinear or nearest") from None
 
 
 def eval_transform(pre: Preprocessing):
@@ -200,7 +111,7 @@ def eval_transform(pre: Preprocessing):
 
     scale = int(pre.img_size / pre.crop_pct)  # the authors' int(224 / 0.875) = 256
     return T.Compose([
-        T.Resize(scale, interpolation=_interpolation(pre.interpolation)),
+        T.Resize(scale, interpolation=interpolation_mode(pre.interpolation)),
         T.CenterCrop(pre.img_size),
         T.ToTensor(),
         T.Normalize(pre.mean, pre.std),
@@ -212,7 +123,7 @@ def to_tensor(img: "PIL.Image.Image", pre: Preprocessing, resize: Optional[int] 
     `resize` scales the shorter side to that many pixels first."""
     from torchvision import transforms as T
 
-    ops = [T.Resize(int(resize), interpolation=_interpolation(pre.interpolation))] if resize else []
+    ops = [T.Resize(int(resize), interpolation=interpolation_mode(pre.interpolation))] if resize else []
     ops += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
     return T.Compose(ops)(img)
 
@@ -297,7 +208,7 @@ def predict(
 
     Every image is read (and checked) before the model runs, so a bad file fails fast, naming itself."""
     if int(getattr(model, "num_classes", 0)) <= 0:
-        raise ValueError("the model has no classifier (num_classes=0): it gives features, not classes")
+        raise PredictionError("the model has no classifier (num_classes=0): it gives features, not classes")
     pre = preprocessing_for(model, img_size)
     transform = eval_transform(pre)
     names = class_names_for(model)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn as nn
+from ..errors import FocalNetError
 
 __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "ExportError", "DEFAULT_VERIFY_SIZES"]
 
@@ -36,7 +37,7 @@ DEFAULT_VERIFY_SIZES = ((224, 224), (230, 190), (96, 96))
 FORMATS = ("onnx", "torchscript")
 
 
-class ExportError(ValueError):
+class ExportError(FocalNetError, ValueError):
     """An export that failed or does not reproduce the model; the message says where."""
 
 
@@ -66,6 +67,36 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> list[Path]:
     return moved
 
 
+def _onnx_dynamo(model: nn.Module, x: torch.Tensor, path: Path, *, dynamic: bool, output_name: str,
+                 opset: Optional[int]) -> None:
+    shapes = None
+    if dynamic:
+        D = torch.export.Dim.DYNAMIC
+        shapes = ({0: D, 2: D, 3: D},)
+    try:
+        program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
+    except Exception as e:
+        raise ExportError(f"torch.export could not capture the model: {type(e).__name__}: {str(e)[:500]}") from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(
+            program, (x,), dynamo=True, input_names=["image"], output_names=[output_name], opset_version=opset,
+            verbose=False,
+        )
+    onnx_program.save(str(path))
+
+
+def _onnx_torchscript(model: nn.Module, x: torch.Tensor, path: Path, *, dynamic: bool, output_name: str,
+                      opset: Optional[int]) -> None:
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, output_name: {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice: documented above
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, input_names=["image"], output_names=[output_name],
+            dynamic_axes=axes, opset_version=opset or 17,
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: PathLike,
@@ -82,43 +113,19 @@ def export_onnx(
     The file is written in a temporary folder beside `path` and renamed into place (with its external-data
     file, if the model is over 2 GB), so an interrupted export leaves no half-written file."""
     if exporter not in ("dynamo", "torchscript"):
-        raise ValueError(f"unknown ONNX exporter {exporter!r}; choose 'dynamo' or 'torchscript'")
+        raise ExportError(f"unknown ONNX exporter {exporter!r}; choose 'dynamo' or 'torchscript'")
     path = Path(path)
     _refuse_existing([path, path.with_name(path.name + ".data")], overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    out_name = _output_name(model)
     # batch 2: torch.export specialises a dimension whose example size is 1
     x = _example(model, img_size, 2 if dynamic else 1)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tmp_path = tmp_dir / path.name
+        write = _onnx_dynamo if exporter == "dynamo" else _onnx_torchscript
         with torch.no_grad():
-            if exporter == "dynamo":
-                shapes = None
-                if dynamic:
-                    D = torch.export.Dim.DYNAMIC
-                    shapes = ({0: D, 2: D, 3: D},)
-                try:
-                    program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
-                except Exception as e:
-                    raise ExportError(f"torch.export could not capture the model: {type(e).__name__}: {str(e)[:500]}") from e
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    onnx_program = torch.onnx.export(
-                        program, (x,), dynamo=True, input_names=["image"], output_names=[out_name],
-                        opset_version=opset, verbose=False,
-                    )
-                onnx_program.save(str(tmp_path))
-            else:
-                axes = {"image": {0: "batch", 2: "height", 3: "width"}, out_name: {0: "batch"}} if dynamic else None
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the exporter's deprecation notice: documented above
-                    torch.onnx.export(
-                        model, (x,), str(tmp_path), dynamo=False, input_names=["image"], output_names=[out_name],
-                        dynamic_axes=axes, opset_version=opset or 17,
-                    )
+            write(model, x, tmp_dir / path.name, dynamic=dynamic, output_name=_output_name(model), opset=opset)
         _move_into_place(tmp_dir, path.parent)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -131,7 +138,7 @@ def export_torchscript(
 ) -> Path:
     """Trace `model` (eval mode) and save it with torch.jit.save. The trace records the padding arithmetic
     on the input's shape, so the saved module runs at any batch size, height and width."""
-    from .checkpoint import atomic_write
+    from ..utils import atomic_write
 
     path = Path(path)
     _refuse_existing([path], overwrite)
@@ -149,16 +156,25 @@ def export_torchscript(
     return path
 
 
-def export_model(model: nn.Module, path: PathLike, fmt: str = "onnx", **kwargs) -> Path:
-    """`export_onnx` or `export_torchscript` by `fmt`."""
+def export_model(
+    model: nn.Module,
+    path: PathLike,
+    fmt: str = "onnx",
+    *,
+    img_size: Sequence[int] = (224, 224),
+    dynamic: bool = True,
+    exporter: str = "dynamo",
+    opset: Optional[int] = None,
+    overwrite: bool = False,
+) -> Path:
+    """`export_onnx` or `export_torchscript` by `fmt`. `dynamic`, `exporter` and `opset` are ONNX's: a trace of
+    this model runs at any size anyway."""
     if fmt == "onnx":
-        return export_onnx(model, path, **kwargs)
+        return export_onnx(model, path, img_size=img_size, dynamic=dynamic, exporter=exporter, opset=opset,
+                           overwrite=overwrite)
     if fmt == "torchscript":
-        kwargs.pop("dynamic", None)  # a trace of this model is shape-generic anyway
-        kwargs.pop("exporter", None)
-        kwargs.pop("opset", None)
-        return export_torchscript(model, path, **kwargs)
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        return export_torchscript(model, path, img_size=img_size, overwrite=overwrite)
+    raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _runner(path: Path, fmt: str):

@@ -41,6 +41,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+from ..errors import FocalNetError
+from ..layers import focal_kernel_sizes
 
 __all__ = [
     "count_params",
@@ -150,10 +152,6 @@ def measured_macs_by_module(model: nn.Module, img_size: Size = 224, depth: int =
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _kernel_sizes(level: int, window: int, factor: int) -> list[int]:
-    return [factor * i + window for i in range(level)]
-
-
 def _stages_of(arch: dict) -> list[dict]:
     """One dict per stage: dim, depth, focal level, focal window, stride of the stage's maps and the kernel
     of the layer that produces them (stem or downsampling)."""
@@ -236,7 +234,7 @@ def formula_macs(arch: dict, img_size: Size = 224) -> FormulaCost:
     for i, s in enumerate(_stages_of(arch)):
         h, w = math.ceil(h / s["reduce"]), math.ceil(w / s["reduce"])
         C, L = s["dim"], s["level"]
-        ks = _kernel_sizes(L, s["window"], s["factor"])
+        ks = focal_kernel_sizes(L, s["window"], s["factor"])
         hw = h * w
         cin = in_chans if i == 0 else s["in_dim"]
         stages.append(StageCost(
@@ -263,7 +261,7 @@ def receptive_fields(arch: dict) -> list[dict]:
     for i, s in enumerate(_stages_of(arch)):
         rf = s["kernel"] if i == 0 else rf + (s["kernel"] - 1) * jump
         jump = s["stride"]
-        ks = _kernel_sizes(s["level"], s["window"], s["factor"])
+        ks = focal_kernel_sizes(s["level"], s["window"], s["factor"])
         r = [1 + sum(k - 1 for k in ks[: l + 1]) for l in range(len(ks))]
         before_last = rf + (s["depth"] - 1) * (r[-1] - 1) * jump  # the stage's earlier blocks
         for l, (k, rl) in enumerate(zip(ks, r), start=1):
@@ -327,11 +325,10 @@ class ActivationMemory:
 
 def meta_from_arch(arch: dict) -> nn.Module:
     """A FocalNet of architecture `arch` (a model's `.arch`, or a checkpoint's) on the meta device."""
-    from .models import FocalNet, FocalNetIsotropic
+    from ..models import model_from_arch
 
-    cls = FocalNetIsotropic if arch["family"] == "isotropic" else FocalNet
     with torch.device("meta"):
-        return cls(**{k: v for k, v in arch.items() if k != "family"})
+        return model_from_arch(arch)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -384,7 +381,7 @@ def activation_memory(
     )
 
 
-class InputTooLargeError(ValueError):
+class InputTooLargeError(FocalNetError, ValueError):
     """An input that would not fit in memory at the chosen size; the message says what to do."""
 
 
@@ -470,7 +467,7 @@ def published_table(img_size: int = 224, num_classes: int = 1000, pattern: Optio
     beside the paper's numbers.
 
     Built with a `num_classes` head (the paper counts with the 1000-class head even for ImageNet-22K models)."""
-    from .registry import build_model, get_spec, list_models
+    from ..registry import build_model, get_spec, list_models
 
     rows = []
     for name in list_models(pattern):
@@ -503,7 +500,7 @@ class SweepModel:
 
 def _focalnet_builder(name: str) -> Callable[[int], nn.Module]:
     def build(img_size: int) -> nn.Module:
-        from .registry import build_model
+        from ..registry import build_model
 
         return build_model(name, num_classes=1000)  # any size works: nothing to set at construction
 
@@ -535,7 +532,7 @@ def sweep_model(name: str) -> SweepModel:
     for m in DEFAULT_SWEEP_MODELS:
         if m.name == name:
             return m
-    from .registry import list_models
+    from ..registry import list_models
 
     if name in list_models():
         return SweepModel(name, "focal modulation", _focalnet_builder(name))
@@ -603,7 +600,7 @@ def write_sweep(rows: list[dict], out_dir: Union[str, os.PathLike], overwrite: b
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
+    from ..utils import atomic_write
 
     out_dir = Path(out_dir)
     csv_path, png_path = out_dir / "sweep.csv", out_dir / "sweep.png"

@@ -359,7 +359,7 @@ def kernel_picture(model: nn.Module, panel: int = 150, title: str = "") -> Pictu
 
 
 def _save_png(img: "PIL.Image.Image", path: Path) -> None:  # noqa: F821
-    from ..checkpoint import atomic_write
+    from ..utils import atomic_write
 
     with atomic_write(path) as f:
         img.save(f, format="PNG")
@@ -369,6 +369,46 @@ def _image_name(image: Any, i: int) -> str:
     if isinstance(image, (str, os.PathLike)):
         return Path(image).stem
     return f"image{i}"
+
+
+def _unique_stems(images: Sequence[Any], names: Optional[Sequence[str]]) -> list[str]:
+    """One file stem per image: its given name or file stem, '_2', '_3', ... appended to repeats."""
+    stems: list[str] = []
+    for i, img in enumerate(images):
+        stem = names[i] if names is not None else _image_name(img, i)
+        base, k = stem, 1
+        while stem in stems:
+            k += 1
+            stem = f"{base}_{k}"
+        stems.append(stem)
+    return stems
+
+
+def _refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                              + "; pass overwrite=True (CLI: --force) or choose another folder")
+
+
+def _record(model: nn.Module, meta_model: nn.Module, x: torch.Tensor, blocks: BlockSpec, what: str) -> list[ModulationRecord]:
+    """The modulation records of one forward of `x` (1, C, H, W), after checking on the meta device that
+    the activations fit in free memory; running out of memory anyway is an InputTooLargeError too."""
+    from .complexity import InputTooLargeError, activation_memory, check_memory
+
+    H, W = x.shape[-2:]
+    estimate = activation_memory(meta_model, (H, W)).peak_live_bytes
+    check_memory(model, (H, W), what=what, device=x.device, estimate=estimate)
+    try:
+        with torch.no_grad(), ModulationRecorder(model, blocks) as rec:
+            model(x)
+            return rec.records
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory ({type(e).__name__}); pass a smaller img_size") from None
+    except RuntimeError as e:
+        if "allocate" in str(e) or "out of memory" in str(e):
+            raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory; pass a smaller img_size") from None
+        raise
 
 
 def write_pictures(
@@ -393,29 +433,19 @@ def write_pictures(
     last block of every stage). Existing files are refused unless `overwrite`. Before each forward the
     activation memory at that size is measured on the meta device and compared with free memory
     (InputTooLargeError names the image)."""
-    from ..checkpoint import atomic_json
-    from ..complexity import InputTooLargeError, activation_memory, check_memory, meta_copy
-    from ..predict import load_image, preprocessing_for, to_tensor
+    from ..images import load_image
+    from ..utils import atomic_json
+    from .complexity import meta_copy
+    from .predict import preprocessing_for, to_tensor
 
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
         images = [images]
     resolve_blocks(model, blocks)  # a wrong block fails before anything is read or written
     pre = preprocessing_for(model)
     out_dir = Path(out_dir)
-    stems: list[str] = []
-    for i, img in enumerate(images):
-        stem = names[i] if names is not None else _image_name(img, i)
-        base, k = stem, 1
-        while stem in stems:
-            k += 1
-            stem = f"{base}_{k}"
-        stems.append(stem)
+    stems = _unique_stems(images, names)
     targets = [out_dir / f"{s}_modulation.png" for s in stems] + ([out_dir / "kernels.png"] if kernels else [])
-    targets.append(out_dir / "pictures.json")
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
-                              + "; pass overwrite=True (CLI: --force) or choose another folder")
+    _refuse_existing(targets + [out_dir / "pictures.json"], overwrite)
 
     pil_images = [load_image(img, pre.mode) for img in images]  # read all first: a bad file fails fast
     device = next(model.parameters()).device
@@ -430,18 +460,7 @@ def write_pictures(
             H, W = x.shape[-2:]
             shown = pil if (pil.height, pil.width) == (H, W) else pil.resize((W, H), resample=3)  # 3: bicubic
             what = f"image {src}" if isinstance(src, (str, os.PathLike)) else f"image {stem}"
-            estimate = activation_memory(meta_model, (H, W)).peak_live_bytes
-            check_memory(model, (H, W), what=what, device=device, estimate=estimate)
-            try:
-                with torch.no_grad(), ModulationRecorder(model, blocks) as rec:
-                    model(x)
-                    records = rec.records
-            except (torch.OutOfMemoryError, MemoryError) as e:
-                raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory ({type(e).__name__}); pass a smaller img_size") from None
-            except RuntimeError as e:
-                if "allocate" in str(e) or "out of memory" in str(e):
-                    raise InputTooLargeError(f"{what} at {H}x{W} px ran out of memory; pass a smaller img_size") from None
-                raise
+            records = _record(model, meta_model, x, blocks, what)
             pic = modulation_picture(shown, records, panel=panel, title=f"{stem}: {model_name}, input {H}x{W}")
             path = out_dir / f"{stem}_modulation.png"
             _save_png(pic.image, path)

@@ -1,0 +1,177 @@
+"""`focalnet export` and `focalnet bench`: thin over focalnet.deploy (export, and the speed benchmark)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import UserError
+from .common import build_from_args, parse_hw, user_errors
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_export(sub)
+    _register_bench(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to ONNX or TorchScript and check it against PyTorch")
+    p.add_argument("name", help="registered model name (the architecture)")
+    p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random weights)")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (ONNX)")
+    p.add_argument("--out", "-o", default=None, help="output file (default: NAME.onnx / NAME.torchscript.pt)")
+    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="PX", help="example input H [W]")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="ONNX exporter: dynamo (default, current) or torchscript (legacy, much faster)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference from PyTorch")
+    p.add_argument("--no-verify", action="store_true", help="skip running the export against PyTorch")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_export)
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure inference / training speed (with --compare: against timm, Hugging Face, Swin-T, ConvNeXt-T)",
+        description="Interleaved timing (A B A B ...) after warm-up, in one process; medians, min-max and ratios "
+        "to timm's FocalNet. Run it on an idle machine and keep the allocator setting in mind (it is printed).",
+    )
+    p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default: focalnet_tiny_srf)")
+    p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
+    p.add_argument("--batch-size", type=int, default=16, help="batch of the throughput run (default 16)")
+    p.add_argument("--latency", action="store_true", help="also measure inference at batch 1")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="float32, or bf16/fp16 autocast")
+    p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    p.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights for every implementation")
+    p.add_argument("--impl", action="append", default=None,
+                   help="implementation(s) to run: ours, ours-fused, timm, hf, swin_t, convnext_t (repeatable)")
+    p.add_argument("--compare", action="store_true", help="run ours, ours-fused, timm, hf, swin_t and convnext_t")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="train ours without selective activation recompute (set_activation_recompute)")
+    p.add_argument("--peak-memory", action="store_true",
+                   help="training: also measure peak memory, one fresh subprocess per implementation")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=10, help="timed calls of each implementation (interleaved)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the raw figures to PATH")
+    p.set_defaults(func=cmd_bench)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------------------
+
+
+@user_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..deploy import DEFAULT_VERIFY_SIZES, export_model, verify_export
+
+    h, w = parse_hw(args.img_size)
+    args.device = "cpu"
+    model = build_from_args(args)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out) if args.out else Path(f"{args.name}{suffix}")
+    dynamic = args.dynamic or args.format == "torchscript"
+    path = export_model(model, out, args.format, img_size=(h, w), dynamic=args.dynamic, exporter=args.exporter,
+                        opset=args.opset, overwrite=args.force)
+    size_mb = sum(p.stat().st_size for p in out.parent.glob(out.name + "*")) / 1e6
+    how = f"{args.exporter} exporter, " if args.format == "onnx" else "traced, "
+    print(f"wrote {path} ({args.format}, {how}{'dynamic batch/height/width' if dynamic else f'fixed {h}x{w}'}, {size_mb:.1f} MB)")
+    if args.no_verify:
+        return 0
+    sizes = DEFAULT_VERIFY_SIZES if dynamic else ((h, w),)
+    batches = (1, 2) if dynamic else (1,)
+    rows = verify_export(path, model, args.format, sizes=sizes, batch_sizes=batches, atol=args.atol)
+    runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
+    worst = max(r["max_abs_diff"] for r in rows)
+    print(f"checked with {runner} against PyTorch: max |diff| {worst:.2e} (tolerance {args.atol:g}) at "
+          f"{', '.join(f'{a}x{b}' for a, b in sizes)}, batch {' and '.join(map(str, batches))}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..deploy import bench
+    from ..utils import atomic_json
+
+    impls = _bench_implementations(args)
+    state = bench.machine_state()
+    print(f"machine: {state['cpu']} ({state['cpu_capability']}, oneDNN bf16: {state['onednn_bf16']}), "
+          f"torch {state['torch']}, {state['threads']} threads, allocator: {state['allocator']}")
+    print(f"model {args.model}, {args.img_size} px, {args.dtype}, device {args.device}"
+          + (", compiled" if args.compile else "") + (", channels-last" if args.channels_last else ""))
+    results = []
+    if args.mode in ("infer", "both"):
+        results += _bench_inference(args, impls)
+    if args.mode in ("train", "both"):
+        results += _bench_training(args, [i for i in impls if i != "ours-fused"])
+    print()
+    print(bench.format_table(results))
+    if args.json:
+        payload = dict(machine=state, args={k: v for k, v in vars(args).items() if k != "func"},
+                       results=[r.to_dict() for r in results])
+        atomic_json(payload, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _bench_implementations(args: argparse.Namespace) -> list[str]:
+    """Check the arguments (every mistake before any model is built) and return the implementations to run."""
+    import torch
+
+    from ..deploy import bench
+    from ..registry import get_spec
+
+    get_spec(args.model)  # unknown names: a clear error with suggestions
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if args.batch_size < 1 or args.rounds < 1 or args.warmup < 0 or args.img_size < 1:
+        raise UserError("--batch-size, --rounds and --img-size must be positive and --warmup not negative")
+    if args.dtype == "float16" and args.device == "cpu":
+        raise UserError("float16 autocast is for CUDA; on CPU use --dtype bfloat16")
+    if args.json and Path(args.json).exists() and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json} is a folder; give a file path")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    impls = list(bench.IMPLEMENTATIONS) if args.compare else (args.impl or ["ours", "ours-fused", "timm"])
+    unknown = [i for i in impls if i not in bench.IMPLEMENTATIONS]
+    if unknown:
+        raise UserError(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(bench.IMPLEMENTATIONS)}")
+    return impls
+
+
+def _common(args: argparse.Namespace) -> dict:
+    return dict(variant=args.model, img_size=args.img_size, dtype=args.dtype, device=args.device,
+                compile=args.compile, channels_last=args.channels_last)
+
+
+def _bench_inference(args: argparse.Namespace, impls: list[str]) -> list:
+    from ..deploy import bench
+
+    results = []
+    batches = ([1] if args.latency else []) + [args.batch_size]
+    for b in dict.fromkeys(batches):
+        results += bench.run_inference(impls, batch_size=b, warmup=args.warmup, rounds=args.rounds, log=print,
+                                       **_common(args))
+    return results
+
+
+def _bench_training(args: argparse.Namespace, impls: list[str]) -> list:
+    from ..deploy import bench
+
+    results = bench.run_training(impls, batch_size=args.batch_size, recompute=not args.no_recompute,
+                                 warmup=min(args.warmup, 2), rounds=args.rounds, log=print, **_common(args))
+    if args.peak_memory:
+        for r in results:
+            print(f"peak memory of {r.impl} (fresh process) ...")
+            r.peak_bytes = bench.peak_training_memory(r.impl, batch_size=args.batch_size,
+                                                      recompute=not args.no_recompute, **_common(args))
+    return results

@@ -1,0 +1,382 @@
+"""Inference-only FocalNet: constants folded into the projections, CPU kernels fused, batches tiled.
+
+`fuse_for_inference(model)` returns a `FusedFocalNet`: a new module computing the same function as `model` in
+eval mode (float32 outputs agree within float rounding, ~1e-6), built for speed. `model` is left untouched;
+the fused module holds its own copies of the weights, so it is a snapshot: fuse again after changing weights.
+
+Derived from the model rather than written beside it:
+- the fused model is a copy of `model` in which only each stage's blocks are replaced: the stem, the
+  downsampling, the final norm, the head and `forward_features` / `forward_head` are the model's own;
+- a block's inference constants are folded into its weights as data (`fold_block`, exact algebra in float64):
+  the affine part of a pre-norm LayerNorm into the 1x1 projection after it, f(LN(x)) = (W diag w) x_hat + (W b + c),
+  so only the normalisation itself runs per pixel (norm1 -> f, norm2 -> fc1); layer scale gamma into the
+  projection that ends its branch (pre-norm: proj, fc2) or into the LayerNorm that does (post-norm: norm1,
+  norm2); `normalize_modulator` (divide the gated sum by L+1) into the weight of h; dropout and stochastic
+  depth, identities at inference, go away;
+- one forward (`FusedBlock.forward`) computes a block, written in four fused ops (convolution, convolution +
+  GELU, residual add, convolution + residual add); a kernel set says what runs each op. `OneDNNKernels`
+  runs oneDNN's fused kernels and writes residual sums in place; `PlainKernels` runs ordinary PyTorch ops out
+  of place. A new block flag is one edit in `fold_block` or `FusedBlock.forward`, whichever kernels run.
+
+When oneDNN's kernels run (`OneDNNKernels`): float32 on a CPU, no autograd, not under autocast or a tracer
+(jit, ONNX, torch.export, torch.compile), and only where this torch build has them (`ONEDNN_FUSED_KERNELS`):
+- f is computed as two 1x1 convolutions, context (C channels) and query + gates (C + L + 1), so that the
+  depthwise convolutions get a dense channels-last input instead of a strided slice that would be copied;
+- each focal level is one oneDNN depthwise convolution with GELU applied in its epilogue, and MLP fc1 likewise;
+- the residual additions after proj and fc2 (pre-norm) are done by oneDNN into the residual stream itself
+  (a `sum` post-op), so no (B, C, H, W) temporary is allocated for them;
+- the gated aggregation accumulates in place (addcmul_) into one buffer;
+- each stage runs on tiles of the batch (whole images, about `tile_rows` pixels per tile), so that every
+  intermediate of a block stays in cache and the allocator reuses the same small blocks instead of mapping
+  and page-faulting fresh memory for every 20-80 MB activation. Images are independent everywhere in a
+  FocalNet (the global context is a per-image mean), so tiling changes nothing in the result.
+Anywhere else (CUDA, bf16/fp16 autocast, autograd, torch.compile, tracing or export) the same folded weights
+run through `PlainKernels`, so the module stays differentiable, compilable and exportable.
+tests/test_speed.py counts the oneDNN kernels that run (and that none run on the plain path).
+
+Observation: a fused model has no `modulation.f`, `focal_layers`, `global_act` or `h` submodules, so no hook
+can be placed on them; record on the unfused model (the recorder in `focalnet.inspect` refuses a fused model).
+The state dict of a fused model is not a checkpoint: save the original model instead.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layers import LayerNorm2d, LayerScale2d, _exporting
+from ..models import FocalNet, FocalNetBlock, FocalNetIsotropic, _FocalNetBase
+
+__all__ = [
+    "fuse_for_inference",
+    "FusedFocalNet",
+    "FusedBlocks",
+    "FusedBlock",
+    "fold_block",
+    "PlainKernels",
+    "OneDNNKernels",
+    "is_fused",
+    "DEFAULT_TILE_ROWS",
+    "ONEDNN_FUSED_KERNELS",
+]
+
+# Pixels per tile of a stage. At 8192, a stage-1 tile of FocalNet-T (96 channels, 56 x 56 = 3136 px per image,
+# so 2 images) keeps its largest intermediate, the MLP hidden map, at 12.6 MB: within the 32 MB L3 of the
+# machines this was tuned on, and below glibc's largest mmap threshold (32 MB), so that it is reused from the
+# heap rather than mapped afresh. The figures (no tiling, 2048, 8192, 32768 px) are in docs/speed.md, "What was
+# tried", step 5; no script for that sweep is kept.
+DEFAULT_TILE_ROWS = 8192
+
+# oneDNN's fused convolution + pointwise kernels (what inductor lowers conv + GELU / + add to on CPU)
+ONEDNN_FUSED_KERNELS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def is_fused(model: nn.Module) -> bool:
+    """True for a module made by `fuse_for_inference` (it has no hook points of the focal modulation)."""
+    return isinstance(model, FusedFocalNet)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused ops, and two kernel sets that run them
+# ----------------------------------------------------------------------------------------------------------
+class PlainKernels:
+    """The fused ops as ordinary PyTorch ops, out of place: differentiable, traceable, any device and dtype."""
+
+    @staticmethod
+    def conv(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
+        return F.conv2d(x, w, b, 1, padding, 1, groups)
+
+    @staticmethod
+    def conv_gelu(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
+        return F.gelu(F.conv2d(x, w, b, 1, padding, 1, groups))
+
+    @staticmethod
+    def add(x: Tensor, y: Tensor) -> Tensor:
+        """x + y, where x is the residual stream."""
+        return x + y
+
+    @staticmethod
+    def add_conv(x: Tensor, branch: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """x + conv1x1(branch), where x is the residual stream."""
+        return x + F.conv2d(branch, w, b)
+
+
+class OneDNNKernels(PlainKernels):
+    """The same ops as oneDNN kernels: GELU in the convolution's epilogue, and residual sums written into the
+    residual stream in place (conv + add in one kernel, a `sum` post-op). CPU, float32, no autograd only; the
+    in-place sums are safe because `FusedBlocks` passes only maps the fused model allocated itself."""
+
+    @staticmethod
+    def conv(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x, w, b, [padding] * 2, [1, 1], [1, 1], groups, "none", [], "")
+
+    @staticmethod
+    def conv_gelu(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [], "none"
+        )
+
+    @staticmethod
+    def add(x: Tensor, y: Tensor) -> Tensor:
+        return x.add_(y)
+
+    @staticmethod
+    def add_conv(x: Tensor, branch: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        # x += conv(branch) + b
+        torch.ops.mkldnn._convolution_pointwise_.binary(
+            x, branch, w, b, [0, 0], [1, 1], [1, 1], 1, "add", None, None, [], None
+        )
+        return x
+
+
+def _plain_ops_only(x: Tensor) -> bool:
+    """Whether the oneDNN fused kernels must be avoided: they have no autograd formula, no CUDA kernel and no
+    bf16/fp16 autocast rule, and tracers (jit, ONNX, dynamo) should see ordinary ops (inductor fuses by itself)."""
+    # tracers first: they must not reach the checks below, which dynamo cannot trace
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
+        return True
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not ONEDNN_FUSED_KERNELS:
+        return True
+    if torch.is_grad_enabled() and x.requires_grad:
+        return True
+    return torch.is_autocast_enabled("cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# folding: a block's inference constants moved into its weights (data, not code)
+# ----------------------------------------------------------------------------------------------------------
+Affine = tuple[Tensor, Tensor]  # (weight, bias) in float64: of a conv, or of a LayerNorm
+
+
+def _affine(module: nn.Module) -> Affine:
+    """(weight, bias) of a conv or LayerNorm in float64; a missing bias is zeros."""
+    w = module.weight.detach().double()
+    b = module.bias.detach().double() if module.bias is not None else w.new_zeros(w.shape[0])
+    return w, b
+
+
+def _scaled(wb: Affine, gamma: Optional[Tensor]) -> Affine:
+    """gamma * f(x) for f = (w, b), per output channel: the rows of a conv, the entries of a LayerNorm."""
+    if gamma is None:
+        return wb
+    w, b = wb
+    return w * gamma.view(-1, *[1] * (w.ndim - 1)), b * gamma
+
+
+def _after_norm_affine(conv: Affine, norm: Affine) -> Affine:
+    """conv1x1(norm_w * x + norm_b) as one conv on x: (W diag norm_w) x + (W norm_b + b)."""
+    (w, b), (nw, nb) = conv, norm
+    return w * nw.view(1, -1, 1, 1), b + w[:, :, 0, 0] @ nb
+
+
+def _gamma(ls: nn.Module) -> Optional[Tensor]:
+    return ls.gamma.detach().double() if isinstance(ls, LayerScale2d) else None
+
+
+def fold_block(block: FocalNetBlock) -> dict[str, Optional[Tensor]]:
+    """The weights `FusedBlock` runs, with `block`'s inference constants folded in (module docstring), in the
+    block's dtype: ctx_w/_b and qg_w/_b (f split into context and query + gates), focal_w0.., h_w/_b, proj_w/_b,
+    fc1_w/_b, fc2_w/_b, and norm1_w/_b, norm2_w/_b: the post-norm LayerNorms' affine (None for pre-norm,
+    whose LayerNorms keep no affine)."""
+    mod = block.modulation
+    C, L = mod.dim, mod.focal_level
+    f, h, proj = _affine(mod.f), _affine(mod.h), _affine(mod.proj)
+    fc1, fc2 = _affine(block.mlp.fc1), _affine(block.mlp.fc2)
+    g1, g2 = _gamma(block.ls1), _gamma(block.ls2)
+    if block.use_post_norm:
+        # x + gamma * LN(branch(x)): gamma scales the LayerNorm's affine
+        norm1, norm2 = _scaled(_affine(block.norm1), g1), _scaled(_affine(block.norm2), g2)
+    else:
+        # x + gamma * branch(LN(x)): the LayerNorm's affine moves into the conv after it, gamma into the last one
+        f, fc1 = _after_norm_affine(f, _affine(block.norm1)), _after_norm_affine(fc1, _affine(block.norm2))
+        proj, fc2 = _scaled(proj, g1), _scaled(fc2, g2)
+        norm1 = norm2 = (None, None)
+    if mod.normalize_modulator:  # h(agg / (L + 1)): the weight takes the division, the bias does not
+        h = (h[0] / (L + 1), h[1])
+    weights = dict(
+        ctx_w=f[0][C : 2 * C], ctx_b=f[1][C : 2 * C],
+        qg_w=torch.cat([f[0][:C], f[0][2 * C :]]), qg_b=torch.cat([f[1][:C], f[1][2 * C :]]),
+        h_w=h[0], h_b=h[1], proj_w=proj[0], proj_b=proj[1], fc1_w=fc1[0], fc1_b=fc1[1], fc2_w=fc2[0], fc2_b=fc2[1],
+        norm1_w=norm1[0], norm1_b=norm1[1], norm2_w=norm2[0], norm2_b=norm2[1],
+    )
+    weights.update({f"focal_w{level}": layer[0].weight.detach() for level, layer in enumerate(mod.focal_layers)})
+    dtype = mod.proj.weight.dtype
+    return {k: None if t is None else _own_copy(t, dtype) for k, t in weights.items()}
+
+
+def _own_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A new tensor (never the model's storage) in `dtype`; 4-D weights in the channels-last layout of the maps."""
+    layout = torch.channels_last if t.ndim == 4 else torch.contiguous_format
+    return t.to(dtype=dtype, memory_format=layout, copy=True)
+
+
+def _layer_norm(dim: int, eps: float, weight: Optional[Tensor], bias: Optional[Tensor]) -> LayerNorm2d:
+    """A LayerNorm2d holding the given affine, or none (a pre-norm LayerNorm whose affine was folded away)."""
+    if weight is None:
+        return LayerNorm2d(dim, eps=eps, elementwise_affine=False)
+    norm = LayerNorm2d(dim, eps=eps, device=weight.device, dtype=weight.dtype)
+    norm.weight, norm.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
+    return norm
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fused block, the tiled run of a stage's blocks, the fused model
+# ----------------------------------------------------------------------------------------------------------
+class FusedBlock(nn.Module):
+    """One FocalNet block with its inference constants folded (`fold_block`), computed by one forward.
+
+    forward(x, kernels): with `OneDNNKernels` it updates `x` in place (the residual sums land in it) and returns
+    it; `FusedBlocks` calls it so only on maps the fused model allocated itself. The default, `PlainKernels`,
+    never writes into `x`.
+    """
+
+    fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
+
+    def __init__(self, block: FocalNetBlock) -> None:
+        super().__init__()
+        mod = block.modulation
+        self.dim = mod.dim
+        self.focal_level = mod.focal_level
+        self.kernel_sizes = list(mod.kernel_sizes)
+        self.post_norm = block.use_post_norm
+        weights = fold_block(block)
+        self.norm1 = _layer_norm(self.dim, block.norm1.eps, weights.pop("norm1_w"), weights.pop("norm1_b"))
+        self.norm2 = _layer_norm(self.dim, block.norm2.eps, weights.pop("norm2_w"), weights.pop("norm2_b"))
+        self.mod_norm = copy.deepcopy(mod.norm)  # LayerNorm2d (use_post_norm_in_modulation) or Identity
+        for name, t in weights.items():
+            self.register_buffer(name, t)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, focal_level={self.focal_level}, kernel_sizes={self.kernel_sizes}, "
+                f"post_norm={self.post_norm}")
+
+    def focal_weights(self) -> list[Tensor]:
+        return [getattr(self, f"focal_w{level}") for level in range(self.focal_level)]
+
+    def forward(self, x: Tensor, kernels: type[PlainKernels] = PlainKernels) -> Tensor:
+        # pre-norm: x + proj(FM(LN(x))), x + fc2(GELU(fc1(LN(x)))); post-norm: x + LN(proj(FM(x))), x + LN(fc2(...))
+        x = self._residual(x, self._modulation(x, kernels), self.proj_w, self.proj_b, self.norm1, kernels)
+        hidden = kernels.conv_gelu(x if self.post_norm else self.norm2(x), self.fc1_w, self.fc1_b)
+        return self._residual(x, hidden, self.fc2_w, self.fc2_b, self.norm2, kernels)
+
+    def _modulation(self, x: Tensor, kernels: type[PlainKernels]) -> Tensor:
+        """q * h(z_out) of the paper, through the modulation's LayerNorm if the model has one: proj's input.
+        Each map is dropped as soon as it is used, so that within a tile the allocator reuses its blocks."""
+        C, L = self.dim, self.focal_level
+        xn = x if self.post_norm else self.norm1(x)
+        ctx = kernels.conv(xn, self.ctx_w, self.ctx_b)  # z^0
+        qg = kernels.conv(xn, self.qg_w, self.qg_b)
+        del xn
+        q, gates = qg[:, :C], qg[:, C:]  # (B, C, H, W) and (B, L + 1, H, W) views
+        # hierarchical contextualization and gated aggregation, accumulated in place into one buffer
+        agg = None
+        for level, (k, w) in enumerate(zip(self.kernel_sizes, self.focal_weights())):
+            ctx = kernels.conv_gelu(ctx, w, None, padding=k // 2, groups=C)  # z^l
+            gate = gates[:, level : level + 1]
+            agg = ctx * gate if agg is None else agg.addcmul_(ctx, gate)
+        agg.addcmul_(F.gelu(ctx.mean((2, 3), keepdim=True)), gates[:, L:])  # global context z^{L+1}: (B, C, 1, 1)
+        del ctx
+        # modulation: q interacts with the aggregated context (a fresh conv output: multiplied in place)
+        return self.mod_norm(kernels.conv(agg, self.h_w, self.h_b).mul_(q))
+
+    def _residual(self, x: Tensor, branch: Tensor, w: Tensor, b: Tensor, norm: nn.Module,
+                  kernels: type[PlainKernels]) -> Tensor:
+        """x + LN(conv(branch)) (post-norm) or x + conv(branch) (pre-norm: one oneDNN kernel adds into x)."""
+        if self.post_norm:
+            return kernels.add(x, norm(kernels.conv(branch, w, b)))
+        return kernels.add_conv(x, branch, w, b)
+
+
+class FusedBlocks(nn.Module):
+    """The fused blocks of one stage, in place of the stage's block list. With oneDNN's kernels they run tile by
+    tile of whole images (about `tile_rows` pixels) and update the stage's input in place; elsewhere, on the
+    whole batch with `PlainKernels`."""
+
+    fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
+
+    def __init__(self, blocks: Iterable[FocalNetBlock], tile_rows: Optional[int]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(FusedBlock(b) for b in blocks)
+        self.tile_rows = tile_rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _plain_ops_only(x):
+            for block in self.blocks:
+                x = block(x, PlainKernels)
+            return x
+        # `x` is the stem's or a downsampling's output, never the caller's tensor: it may be written in place
+        x = x.contiguous(memory_format=torch.channels_last)
+        B, _, H, W = x.shape
+        per_tile = B if self.tile_rows is None else max(1, self.tile_rows // max(1, H * W))
+        for start in range(0, B, per_tile):
+            tile = x[start : start + per_tile]
+            for block in self.blocks:
+                tile = block(tile, OneDNNKernels)  # in place: `tile` stays a view of `x`
+        return x
+
+
+def _with_fused_blocks(model: _FocalNetBase, tile_rows: Optional[int]) -> _FocalNetBase:
+    """A deep copy of `model` whose block lists are replaced by fused ones; the unfused blocks are not copied."""
+    owners = list(model.stages) if isinstance(model, FocalNet) else [model]
+    # deepcopy puts what `memo` maps an object's id to in place of a copy of that object
+    memo = {id(owner.blocks): nn.ModuleList([FusedBlocks(owner.blocks, tile_rows)]) for owner in owners}
+    fused = copy.deepcopy(model, memo)
+    fused.set_grad_checkpointing(False)  # nothing to recompute: a fused model has no backward of its own
+    fused.set_activation_recompute(False)
+    return fused
+
+
+class FusedFocalNet(nn.Module):
+    """An inference-only FocalNet made by `fuse_for_inference` (see the module docstring).
+
+    Same forward API as the model it came from for inference: `forward`, `forward_features`,
+    `forward_head(x, pre_logits=False)`, run by the model's own code on `self.model`, a copy of the model whose
+    blocks are fused; no training switches, no intermediates, no hook points in the blocks.
+    """
+
+    def __init__(self, model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS) -> None:
+        super().__init__()
+        if not isinstance(model, (FocalNet, FocalNetIsotropic)):
+            raise TypeError(f"fuse_for_inference expects a FocalNet or FocalNetIsotropic, got {type(model).__name__}")
+        if tile_rows is not None and tile_rows < 1:
+            raise ValueError(f"tile_rows must be a positive number of pixels (or None for no tiling), got {tile_rows}")
+        self.tile_rows = tile_rows
+        with torch.no_grad():
+            self.model = _with_fused_blocks(model, tile_rows)
+        self.in_chans = model.in_chans
+        self.num_classes = model.num_classes
+        self.num_features = model.num_features
+        self.variant = model.variant
+        self.arch = dict(model.arch)
+        self.hierarchical = isinstance(model, FocalNet)
+        self.eval()
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FusedFocalNet":
+        if mode:
+            raise RuntimeError(
+                "a fused FocalNet is for inference only (dropout and stochastic depth are folded away); "
+                "train the original model and call fuse_for_inference() again"
+            )
+        return super().train(False)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.model.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def fuse_for_inference(model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS) -> FusedFocalNet:
+    """A fused, inference-only copy of `model` (a FocalNet or FocalNetIsotropic); `model` is not changed.
+
+    tile_rows: pixels per batch tile of a stage on the CPU fast path (None: the whole batch at once).
+    """
+    return FusedFocalNet(model, tile_rows=tile_rows)

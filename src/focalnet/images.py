@@ -1,0 +1,181 @@
+"""Images in: the one image reader, the one table of resize interpolations, and ImageNet's statistics.
+
+Everything that reads a picture (prediction, modulation pictures, run reports, detection and segmentation)
+goes through `load_image`, so a missing, truncated or 16-bit file fails or converts the same way wherever it
+is given. Interpolation names are checked against one table: an unknown name is an error everywhere, never
+a silent fallback to bicubic.
+
+This module sits at the bottom of the package: it imports only `focalnet.errors`, and numpy, torch, PIL and
+torchvision inside the functions that need them, so that importing it (the registry does) costs nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+from .errors import FocalNetError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "ImageError",
+    "PreprocessingError",
+    "gray_stats",
+    "interpolation_mode",
+    "load_image",
+    "read_image",
+]
+
+ImageLike = Union[str, os.PathLike, "Image.Image", "np.ndarray", "torch.Tensor"]
+
+# the statistics every released FocalNet was trained with (pixel values in [0, 1], RGB order)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# resize interpolations by name: torchvision's InterpolationMode values, which timm's transforms take too
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+# Pillow modes that hold more than 8 bits per pixel: PIL's convert would clip them to 0..255
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
+
+
+class ImageError(FocalNetError, ValueError):
+    """An image that cannot be used: missing, unreadable, empty, or in an unsupported format."""
+
+
+class PreprocessingError(FocalNetError, ValueError):
+    """A preprocessing setting that does not exist (an unknown interpolation name)."""
+
+
+def interpolation_mode(name: str) -> "InterpolationMode":
+    """torchvision's InterpolationMode for `name` (one of INTERPOLATIONS); any other name is an error."""
+    if name not in INTERPOLATIONS:
+        raise PreprocessingError(f"unknown interpolation {name!r}; use one of {', '.join(INTERPOLATIONS)}")
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
+
+
+def gray_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float], tuple[float]]:
+    """Normalisation of a 1-channel (grayscale) input fed to a model of RGB statistics: the mean of the
+    three means and of the three stds."""
+    return (sum(mean) / len(mean),), (sum(std) / len(std),)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading images
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_image(image: ImageLike, mode: str = "RGB") -> "Image.Image":
+    """Read `image` (a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) float tensor in [0, 1])
+    as a PIL image in `mode` ('RGB' or 'L').
+
+    Errors (ImageError) name the file and say what is wrong: missing, a folder, not an image (unsupported
+    format), truncated, empty, or larger than Pillow's decompression-bomb limit. 16-bit and float images
+    are rescaled to their range; transparent pixels become white."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        img = image
+    elif isinstance(image, torch.Tensor):
+        img = _from_tensor(image)
+    elif isinstance(image, np.ndarray):
+        img = _from_array(image)
+    else:
+        img = _from_file(Path(image))
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"{_name_of(image)} is an empty image ({img.width}x{img.height} pixels)")
+    return _convert(img, mode)
+
+
+def read_image(image: ImageLike) -> "torch.Tensor":
+    """`image` read by `load_image` as a (3, H, W) uint8 RGB tensor (what torchvision's detectors and
+    drawing functions take)."""
+    import torch
+
+    rgb = load_image(image, "RGB")
+    t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return t.view(rgb.height, rgb.width, 3).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def _name_of(image: Any) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else "the image"
+
+
+def _from_tensor(image: "torch.Tensor") -> "Image.Image":
+    from PIL import Image
+
+    t = image.detach().float().cpu()
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ImageError(f"an image tensor must be (C, H, W) with C = 1 or 3, got shape {tuple(image.shape)}")
+    arr = (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+
+
+def _from_array(arr: "np.ndarray") -> "Image.Image":
+    import numpy as np
+    from PIL import Image
+
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.min() >= 0 and arr.max() <= 1:
+            arr = (arr * 255).round().astype(np.uint8)
+        else:
+            raise ImageError(f"an image array must be uint8, or float in [0, 1]; got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+    return Image.fromarray(arr)
+
+
+def _from_file(path: Path) -> "Image.Image":
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated file fails here, not later
+            return opened.copy()
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"cannot read {path} as an image: unsupported format or not an image "
+            "(Pillow reads JPEG, PNG, BMP, GIF, TIFF, WebP, ...)"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot decode {path}: {e} (truncated or corrupt file?)") from None
+
+
+def _convert(img: "Image.Image", mode: str) -> "Image.Image":
+    import numpy as np
+    from PIL import Image
+
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo)
+        img = Image.fromarray((arr * 255).round().astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "P", "PA") and mode == "RGB":
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))  # transparent -> white, not black
+        img = Image.alpha_composite(background, img)
+    return img.convert(mode)

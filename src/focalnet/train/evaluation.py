@@ -1,0 +1,144 @@
+"""Evaluating a checkpoint of any layout on a data set: `evaluate_checkpoint`, behind `focalnet eval`.
+
+    r = evaluate_checkpoint("runs/fmnist/model.safetensors", "fashion-mnist")
+    r["top1"], r["top5"], r["per_class"], r["confusion"]
+
+The checkpoint file is read once: its weights, and for our training checkpoints the configuration, the data
+set's normalisation and the EMA weights, all come from that one read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch.nn as nn
+
+from ..checkpoints import Checkpoint, read_checkpoint
+from ..datasets import builtin_dataset
+from ..utils import atomic_json
+from . import artifacts
+from .build import check_classes
+from .config import TrainingError, progress_on
+from .data import DataInfo, build_datasets, build_loader, describe_data
+from .distributed import cleanup_distributed, init_distributed
+from .loop import evaluate
+from .recipes import Recipe, get_recipe
+
+__all__ = ["evaluate_checkpoint"]
+
+# the files our training checkpoints are written as (weights-only files carry no training state)
+_TRAINING_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str,
+    *,
+    model_name: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    download: bool = True,
+    img_size: Optional[int] = None,
+    crop_pct: Optional[float] = None,
+    interpolation: Optional[str] = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    amp: str = "none",
+    device: str = "auto",
+    use_ema: bool = False,
+    limit: Optional[int] = None,
+    skip_bad_images: bool = False,
+    output: Optional[str] = None,
+    progress: str = "auto",
+) -> dict:
+    """Top-1 / top-5 / per-class accuracy and the confusion matrix of a checkpoint (any layout) on the
+    evaluation split of `data`. A training checkpoint of ours brings its normalisation and image size;
+    otherwise the authors' evaluation transform is used (bicubic resize to img_size / crop_pct, center
+    crop; crop_pct defaults to the variant's 0.875). A checkpoint with the authors' 21842-class
+    ImageNet-22K head evaluated on 1000-class data uses the reordered ImageNet-1K rows of its head."""
+    env = init_distributed(device)
+    try:
+        ckpt = read_checkpoint(checkpoint)
+        state = _training_state(ckpt)
+        saved_cfg, saved_data = state.get("config") or {}, state.get("data") or {}
+        mean = saved_data.get("mean") if saved_data.get("name") == _data_name(data) else None
+        std = saved_data.get("std") if mean is not None else None
+        info, _ = describe_data(data, data_dir=data_dir, download=download, in_chans=ckpt.in_chans, mean=mean,
+                                std=std, need_train=False)
+        check_classes(ckpt.num_classes, ckpt.class_names, checkpoint, info, reset_head=False)
+        name = model_name or ckpt.variant
+        recipe = _eval_recipe(info, name, saved_cfg, img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+        _, eval_set, info = build_datasets(data, recipe, img_size=recipe.img_size, data_dir=data_dir, download=download,
+                                           in_chans=ckpt.in_chans, limit_eval=limit, mean=mean, std=std,
+                                           need_train=False)
+        model, weights = _checkpoint_model(ckpt, state, model_name=model_name, num_classes=info.num_classes,
+                                           use_ema=use_ema, where=checkpoint)
+        model.to(env.device)
+        loader = build_loader(eval_set, batch_size=batch_size, training=False, workers=workers, rank=env.rank,
+                              world_size=env.world_size, pin_memory=env.device.type == "cuda")
+        result = evaluate(model, loader, device=env.device, num_classes=info.num_classes, amp=amp,
+                          skip_bad_images=skip_bad_images, progress=progress_on(progress) and env.is_main)
+        sliced = ckpt.num_classes == 21842 and info.num_classes == 1000
+        result.update(checkpoint=str(checkpoint), data=info.name, kind=info.kind, split=info.eval_split,
+                      class_names=info.class_names, model=name or "custom", weights=weights, img_size=recipe.img_size,
+                      crop_pct=recipe.crop_pct, interpolation=recipe.interpolation,
+                      num_params=sum(p.numel() for p in model.parameters()),
+                      head="ImageNet-22K head sliced to ImageNet-1K" if sliced else "as trained")
+        if output and env.is_main:
+            _write_eval_files(result, info, name, Path(output))
+        return result
+    finally:
+        cleanup_distributed()
+
+
+def _training_state(ckpt: Checkpoint) -> dict:
+    """The rest of our training checkpoints beside the weights (config, data description, EMA weights);
+    empty for any other file."""
+    path = Path(ckpt.path or "")
+    ours = str(ckpt.extra.get("format", "")).startswith("focalnet-")
+    if ours and path.is_file() and path.suffix in _TRAINING_SUFFIXES:
+        return ckpt.extra
+    return {}
+
+
+def _data_name(data: str) -> str:
+    """The name a run records for `data` (DataInfo.name): the in-memory data set's, or the folder's."""
+    return builtin_dataset(data) or Path(data).name
+
+
+def _eval_recipe(info: DataInfo, name: Optional[str], saved_cfg: dict, *, img_size: Optional[int],
+                 crop_pct: Optional[float], interpolation: Optional[str]) -> Recipe:
+    """The evaluation transform: what was asked, else what the run was trained with, else the variant's."""
+    from ..registry import get_spec, list_models
+
+    size = img_size or saved_cfg.get("img_size") or (info.img_size if info.kind == "tensor" else 224)
+    default_crop = get_spec(name).crop_pct if name in list_models() else 0.875
+    return get_recipe("small" if info.kind == "tensor" else "imagenet").replace(
+        img_size=size, crop_pct=crop_pct if crop_pct is not None else (saved_cfg.get("crop_pct") or default_crop),
+        interpolation=interpolation or saved_cfg.get("interpolation") or "bicubic",
+    )
+
+
+def _checkpoint_model(ckpt: Checkpoint, state: dict, *, model_name: Optional[str], num_classes: int,
+                      use_ema: bool, where: str) -> tuple[nn.Module, str]:
+    """The checkpoint's model (the registered `model_name`, or the architecture the file says), with its
+    weights or its EMA weights: (model, 'model' or 'EMA')."""
+    from ..factory import create_model, load_model
+
+    if model_name:
+        model = create_model(model_name, pretrained=ckpt, num_classes=num_classes, in_chans=ckpt.in_chans)
+    else:
+        model = load_model(ckpt, num_classes=num_classes)
+    if not use_ema:
+        return model, "model"
+    if state.get("ema") is None:
+        raise TrainingError(f"{where} holds no EMA weights (train with --ema)")
+    model.load_state_dict({k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")})
+    return model, "EMA"
+
+
+def _write_eval_files(result: dict, info: DataInfo, name: Optional[str], out: Path) -> None:
+    """eval.json, confusion.png and confusion.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_json(dict(result), out / "eval.json")
+    title = f"{name or 'model'} on {info.name} ({info.eval_split}): top-1 {result['top1']:.2f}%"
+    artifacts.write_confusion(result["confusion"], info.class_names, out, title=title)
