@@ -68,5 +68,8 @@ def test_phases_before_the_loop_can_be_called_alone(tmp_path):
     plan = plan_run(setup, data, parts)
     assert plan.epochs == 3 and plan.total_updates == 18 and not plan.planned
     assert plan.resolved["epochs"] == 3 and plan.resolved["output"] == str(tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # nothing is written before the run begins
+    # nothing is written before the run begins but the lock that makes process 0 the folder's one owner
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".focalnet-train.lock"]
+    setup.lock.release()
+    assert not any((tmp_path / "run").iterdir())
     assert parts.global_batch == 64 and parts.model is parts.core  # one process: no DDP wrapper

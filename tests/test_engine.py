@@ -11,7 +11,7 @@ import torch.nn as nn
 import focalnet
 from focalnet.train import loop as engine
 from focalnet.train import state as training_state
-from focalnet.train.build import build_optimizer, build_scheduler
+from focalnet.train.optim import build_optimizer, build_scheduler
 from focalnet.train.recipes import get_recipe
 
 
@@ -152,9 +152,9 @@ def test_weight_decay_on_weights_only():
 
 def test_schedule_warms_up_then_follows_the_cosine_to_the_minimum():
     model = tiny_model()
-    recipe = get_recipe("imagenet", warmup_epochs=2, lr=1e-3, min_lr=1e-5, warmup_lr=1e-6)
+    recipe = get_recipe("imagenet", warmup_epochs=2, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6)
     opt = build_optimizer(model, recipe, lr=1e-3 * 256 / 1024)
-    sched = build_scheduler(opt, recipe, epochs=10, updates_per_epoch=5, global_batch=256)
+    sched = build_scheduler(opt, recipe, epochs=10, updates_per_epoch=5, lr=1e-3 * 256 / 1024)
     lrs = []
     for step in range(1, 51):
         sched.step_update(num_updates=step)

@@ -37,6 +37,7 @@ LAYERS = {
     "focalnet.checkpoints": 2,
     "focalnet": 3,
     "focalnet.factory": 3,
+    "focalnet.hub": 3,
     "focalnet.train": 4,
     "focalnet.inspect": 4,
     "focalnet.deploy": 4,

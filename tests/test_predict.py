@@ -166,9 +166,9 @@ def test_predict_cli_errors(tmp_path, capsys, monkeypatch):
     import focalnet.inspect.complexity as complexity
 
     monkeypatch.setattr(complexity, "available_memory", lambda device="cpu": 2**20)
-    assert main(["predict", str(PHOTOS[0]), "--checkpoint", str(tmp_path / "m.safetensors"), "--img-size", "4000"]) == 2
+    assert main(["predict", str(PHOTOS[0]), "--checkpoint", str(tmp_path / "m.safetensors"), "--img-size", "3000"]) == 2
     err = capsys.readouterr().err
-    assert "at 4000x4000 px needs about" in err and "--img-size" in err
+    assert "at 3000x3000 px needs about" in err and "--img-size" in err
     monkeypatch.undo()
     feat = _tiny(num_classes=0)
     save_model(feat, tmp_path / "f.safetensors")

@@ -368,3 +368,162 @@ def test_depthwise_conv_and_gelu_equal_their_torch_counterparts(hw, k):
         torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours[0].weight.grad, ref[0].weight.grad, rtol=1e-5, atol=1e-5)
         ours.zero_grad(), ref.zero_grad()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the default forward under torch.compile: the plain formulation, no graph break, same function
+# ---------------------------------------------------------------------------------------------------------
+def test_plain_formulation_for_the_compiler_computes_the_same_function(monkeypatch):
+    """What dynamo traces (focalnet.layers._compiling() true: F.gelu on the channels-last map, the gated sum out of
+    place) equals the eager formulation, in values and gradients (float32 within 1e-5)."""
+    import focalnet.layers as layers
+
+    model = small("focalnet_large_fl3").train()  # post-norm, layer scale, normalize_modulator off; LRF levels
+    x = torch.randn(2, 3, 48, 40)
+    outs, grads = [], []
+    for plain in (False, True):
+        monkeypatch.setattr(layers, "_compiling", lambda plain=plain: plain)
+        model.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        torch.manual_seed(0)  # same stochastic-depth draws
+        y = model(xg)
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append([xg.grad] + [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    mod = FocalModulation(4, focal_level=2, focal_window=3, normalize_modulator=True).double()
+    xd = torch.randn(2, 4, 5, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(mod, (xd,), eps=1e-6, atol=1e-5)  # plain path (patched on above)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_default_model_compiles_without_graph_break_for_training(recompute):
+    """fullgraph=True in training mode (forward and backward through AOT autograd), with and without selective
+    activation recompute: the graph has no break, and values and gradients equal eager within 1e-5."""
+    torch._dynamo.reset()
+    model = small("focalnet_tiny_srf", drop_path_rate=0.0).train()
+    model.set_activation_recompute(recompute)
+    x = torch.randn(2, 3, 48, 40)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        torch.manual_seed(0)
+        y = fn(x)
+        y.square().mean().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_inductor_fuses_every_gelu_into_its_convolution():
+    """With freezing (what `focalnet bench` compiles inference with), inductor turns each focal level and fc1 into
+    one oneDNN convolution with GELU in its epilogue and each pre-norm residual add after proj / fc2 into a conv +
+    add: the plain formulation is what its pattern matcher sees. Output within 1e-5 of eager."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model = small("focalnet_tiny_srf")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        ref = model(x)
+        out, (code, *_) = run_and_get_code(torch.compile(model, fullgraph=True), x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    if not fused_module.ONEDNN_FUSED_KERNELS:
+        pytest.skip("this torch build has no oneDNN fused convolutions: inductor keeps ATen's")
+    blocks = _blocks(model)
+    assert code.count("'gelu'") == sum(b.modulation.focal_level + 1 for b in blocks)
+    assert code.count("_convolution_pointwise_.binary(") == 2 * len(blocks)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the benchmark's CPU-side logic: scheduling, machine description, formatting (no timing is asserted)
+# ---------------------------------------------------------------------------------------------------------
+def test_block_schedule_interleaves_blocks_of_consecutive_calls():
+    from focalnet.deploy.bench import BenchError, block_schedule
+
+    assert block_schedule(["A", "B"], rounds=7, block=3) == [("A", 3), ("B", 3), ("A", 3), ("B", 3), ("A", 1), ("B", 1)]
+    assert block_schedule(["A"], rounds=2, block=5) == [("A", 2)]
+    with pytest.raises(BenchError):
+        block_schedule(["A"], rounds=0, block=1)
+
+
+def test_time_in_blocks_runs_warmup_then_rewarmed_blocks_in_order():
+    from focalnet.deploy.bench import time_in_blocks
+
+    order = []
+    calls = {k: (lambda k=k: order.append(k)) for k in "AB"}
+    timed = time_in_blocks(calls, torch.device("cpu"), warmup=2, rounds=4, block=2)
+    # warm-up: 2 calls each (the first timed as `first`); then per block one re-warming call + 2 timed calls
+    assert "".join(order) == "AA" + "BB" + "AAA" + "BBB" + "AAA" + "BBB"
+    for k in "AB":
+        assert len(timed[k]["times"]) == 4 and len(timed[k]["cold"]) == 2 and timed[k]["first"] >= 0
+
+
+def test_machine_description_names_cpu_isa_and_allocator():
+    from focalnet.deploy.bench import allocator_setting, cpu_isa, machine_line, machine_state
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel Xeon X\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_tile\n"
+    assert cpu_isa(cpuinfo) == ("Intel Xeon X", ["avx2", "avx512f", "avx512_vnni", "amx_tile"])
+    assert cpu_isa("") == ("", [])
+    assert allocator_setting({"PATH": "/bin"}, "") == "glibc malloc, default settings"
+    env = {"MALLOC_MMAP_THRESHOLD_": "1000", "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}
+    text = allocator_setting(env, "7f00 r-xp /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n")
+    assert "MALLOC_MMAP_THRESHOLD_=1000" in text and "LD_PRELOAD=" in text and "jemalloc in the process" in text
+    assert "tcmalloc in the process" in allocator_setting({}, "/usr/lib/libtcmalloc_minimal.so.4")
+    state = dict(machine_state(), cpu="Intel Xeon X", isa=["avx2", "avx512f"], cpu_capability="AVX512")
+    line = machine_line(state)
+    assert "Intel Xeon X [avx2 avx512f; no avx512_bf16" in line and "amx_bf16" in line and "allocator:" in line
+
+
+def _result(impl, compiled, times, *, batch=2, first=None):
+    from focalnet.deploy.bench import BenchResult
+
+    return BenchResult(impl, "infer", batch, 224, "float32", "cpu", compiled, times_s=list(times),
+                       first_call_s=first, cold_times_s=[2 * t for t in times])
+
+
+def test_format_table_compares_like_with_like():
+    from focalnet.deploy.bench import format_table, split_variant
+
+    rows = [_result("timm", False, [1.0, 1.0]), _result("timm", True, [0.5, 0.5], first=30.5),
+            _result("ours", False, [0.8, 0.8]), _result("ours", True, [0.25, 0.25], first=20.25)]
+    table = format_table(rows, cold=True)
+    lines = {line.split()[0] + (" cold" if "[cold]" in line else ""): line.split() for line in table.splitlines()}
+    # ours-compiled: 8 img/s, against timm-compiled (4) and timm eager (2); compile time = first call - median
+    assert lines["ours-compiled"][5:6] == ["8.00"] and lines["ours-compiled"][8:11] == ["2.00", "4.00", "20.0"]
+    assert lines["ours"][8:11] == ["1.25", "1.25", "-"]
+    assert lines["ours-compiled cold"][6:7] == ["4.00"] and lines["ours-compiled cold"][9] == "2.00"  # cold vs cold
+    assert "[cold]: that first call" in table
+    assert split_variant("convnext_t-compiled") == ("convnext_t", True) and split_variant("ours") == ("ours", False)
+    with pytest.raises(ValueError, match="NAME-compiled"):
+        split_variant("resnet")
+
+
+def test_bench_cli_adds_compiled_variants_beside_eager_ones():
+    from focalnet.cli.deploy import bench_variants
+
+    assert bench_variants(["ours", "timm"], compile=True) == ["ours", "ours-compiled", "timm", "timm-compiled"]
+    assert bench_variants(["ours", "timm-compiled"], compile=False) == ["ours", "timm-compiled"]
+
+
+def test_train_compile_setting_auto_on_off():
+    """`focalnet train --compile auto|on|off`: auto compiles on CUDA only (docs/speed.md, "Compiled training");
+    an old boolean `compile: true/false` still reads; anything else is a one-line error naming the choices."""
+    from focalnet.train import TrainConfig, TrainingError
+    from focalnet.train.run import compile_training
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [compile_training(s, cpu) for s in ("auto", "on", "off")] == [False, True, False]
+    assert [compile_training(s, cuda) for s in ("auto", "on", "off")] == [True, True, False]
+    assert TrainConfig().compile == "auto"
+    assert TrainConfig.from_dict({"compile": True}).compile == "on"
+    assert TrainConfig.from_dict({"compile": False}).compile == "off"
+    with pytest.raises(TrainingError, match="auto, on, off"):
+        TrainConfig.from_dict({"compile": "yes"})

@@ -5,16 +5,30 @@
     focalnet.list_models("*iso*")
 """
 from .checkpoints import CheckpointError, read_checkpoint, save_model, write_checkpoint
-from .factory import create_model, load_model
+from .factory import create_model, load_model, verify
+from .hub import download_weights, push_to_hub
 from .layers import FocalModulation
 from .models import FocalNet, FocalNetBlock, FocalNetIsotropic
 from .registry import get_spec, list_models
 
-__version__ = "0.1.0"
+def _version() -> str:
+    # one source: the version pyproject.toml declares, as installed
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("focalnet")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "create_model",
     "load_model",
+    "verify",
+    "download_weights",
+    "push_to_hub",
     "list_models",
     "get_spec",
     "read_checkpoint",

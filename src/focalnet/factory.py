@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 import torch.nn as nn
 
-from .checkpoints import Checkpoint, CheckpointError, arch_from_state_dict, load_into, read_checkpoint
+from .checkpoints import Checkpoint, CheckpointError, ConversionError, arch_from_state_dict, load_into, read_checkpoint
+from .checkpoints.arch import complete_preprocessing, validate_arch
+from .checkpoints.verify import Verification, verify_checkpoint
+from .hub import HUB_PREFIX, SOURCES, checkpoint_in, download_hub_repo, download_weights, known_hashes, parse_hub_id
 from .models import model_from_arch
 from .registry import build_model, get_spec, list_models
 
-__all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES"]
+__all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES", "verify"]
 
 log = logging.getLogger("focalnet")
-SOURCES = ("official", "timm", "hf")
 PathLike = Union[str, os.PathLike]
 
 # fields the tensor shapes determine; the rest (pre/post norm, normalize_modulator) come from the registry
@@ -23,46 +27,6 @@ _SHAPE_FIELDS = (
     "family", "depths", "depth", "embed_dim", "focal_levels", "focal_level", "focal_windows", "focal_window",
     "focal_factor", "mlp_ratio", "patch_size", "use_conv_embed", "use_post_norm_in_modulation",
 )
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FOCALNET_HOME", Path.home() / ".cache" / "focalnet"))
-
-
-def download_weights(name: str, source: str = "official") -> Path:
-    """Download the released weights of `name` from `source` (the authors', timm's or Hugging Face's)
-    into the cache (`$FOCALNET_HOME`, default ~/.cache/focalnet) and return the local path."""
-    spec = get_spec(name)
-    if source not in SOURCES:
-        raise CheckpointError(f"unknown weight source {source!r}; choose one of {', '.join(SOURCES)}")
-    where = getattr(spec.weights, source)
-    if not where:
-        have = [s for s in SOURCES if getattr(spec.weights, s)]
-        raise CheckpointError(
-            f"no {source} weights are known for {name}" + (f"; available: {', '.join(have)}" if have else "")
-        )
-    try:
-        if source == "official":
-            import torch.hub
-
-            dst = cache_dir() / Path(where).name
-            if not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                log.info("downloading %s to %s", where, dst)
-                torch.hub.download_url_to_file(where, str(dst), progress=True)
-            return dst
-        from huggingface_hub import snapshot_download
-
-        patterns = ["config.json", "model.safetensors", "model.safetensors.index.json", "*.safetensors"]
-        return Path(snapshot_download(where, allow_patterns=patterns, cache_dir=str(cache_dir() / "hub")))
-    except ImportError as e:
-        raise CheckpointError(f"downloading from the {source} hub needs huggingface_hub: pip install huggingface_hub ({e})") from None
-    except Exception as e:  # network errors come in many types (URLError, HTTPError, hub errors)
-        raise CheckpointError(
-            f"could not download the {source} weights of {name} from {where}: {type(e).__name__}: {e}. "
-            "Without network access, download the file elsewhere and pass its path as pretrained=PATH "
-            "(CLI: --checkpoint PATH)"
-        ) from None
 
 
 def resolve_variant(ckpt: Checkpoint) -> tuple[Optional[str], dict]:
@@ -76,7 +40,10 @@ def resolve_variant(ckpt: Checkpoint) -> tuple[Optional[str], dict]:
     overrides = dict(num_classes=ckpt.num_classes, in_chans=ckpt.in_chans)
     if ckpt.arch is not None:
         return ckpt.variant, {**ckpt.arch, **overrides}
-    shapes = arch_from_state_dict(ckpt.state_dict, ckpt.family)
+    try:
+        shapes = arch_from_state_dict(ckpt.state_dict, ckpt.family)
+    except ConversionError as e:
+        raise CheckpointError(f"{ckpt.path or 'the checkpoint'}: {e}") from None
     named = ckpt.variant if ckpt.variant in list_models() else None
     for name in [named] if named else list_models():
         arch = get_spec(name).arch
@@ -98,16 +65,48 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _hub_checkpoint(hub_id: str) -> Checkpoint:
+    repo, revision = parse_hub_id(hub_id)
+    return read_checkpoint(checkpoint_in(download_hub_repo(repo, revision)))
+
+
 def _read_pretrained(name: str, pretrained: Union[bool, str, PathLike, Checkpoint]) -> Checkpoint:
     if isinstance(pretrained, Checkpoint):  # already read (focalnet eval reads a file once)
         return pretrained
     if pretrained is True:
-        spec = get_spec(name)
-        source = next((s for s in SOURCES if getattr(spec.weights, s)), "official")
-        return read_checkpoint(download_weights(name, source))
+        return read_checkpoint(download_weights(name))
+    if isinstance(pretrained, str) and pretrained.startswith(HUB_PREFIX):
+        return _hub_checkpoint(pretrained)
     if isinstance(pretrained, str) and pretrained in SOURCES and not Path(pretrained).exists():
         return read_checkpoint(download_weights(name, pretrained))
     return read_checkpoint(pretrained)
+
+
+def _finish(model: nn.Module, ckpt: Optional[Checkpoint]) -> None:
+    """What travels with the weights: class names, and the whole preprocessing (the file's, else the
+    variant's), which `model.pretrained_cfg` hands to timm's resolve_data_config / create_transform."""
+    saved = None
+    if ckpt is not None:
+        model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None
+        if ckpt.preprocessing is not None and len(ckpt.preprocessing["mean"]) == model.in_chans:
+            saved = ckpt.preprocessing  # the input normalisation the weights were trained with
+    try:
+        model.preprocessing = complete_preprocessing(model.in_chans, saved, getattr(model, "variant", None))
+    except ConversionError:  # e.g. a 4-channel model without saved statistics: nothing to say
+        model.preprocessing = saved
+
+
+def _features(model: nn.Module, out_indices: Optional[Any]) -> nn.Module:
+    """timm's features_only semantics: a module returning the list of chosen stages' maps, with feature_info
+    (timm's FeatureInfo: .channels(), .reduction()). Wraps the model (timm's FeatureGetterNet), never copies it."""
+    try:
+        from timm.models._features import FeatureGetterNet
+    except ImportError:
+        raise CheckpointError("features_only=True uses timm's feature wrapper: pip install timm") from None
+    n = len(model.feature_info)
+    indices = tuple(range(n)) if out_indices is None else out_indices
+    # prune=False: the classifier and final norm stay in the wrapped model, untouched
+    return FeatureGetterNet(model, out_indices=indices, prune=False)
 
 
 def create_model(
@@ -118,12 +117,18 @@ def create_model(
     in_chans: Optional[int] = None,
     drop_path_rate: Optional[float] = None,
     reset_head: bool = False,
+    features_only: bool = False,
+    out_indices: Optional[Any] = None,
     **overrides: Any,
 ) -> nn.Module:
-    """Build the registered model `name`, optionally with weights.
+    """Build the registered model `name` (or the model of a hub repo, 'hf-hub:ORG/REPO'), optionally with weights.
 
-    pretrained: False; True (download the released weights); 'official' / 'timm' / 'hf' (download from
-        that source); or the path of a checkpoint in any supported layout (see `focalnet.checkpoints`).
+    pretrained: False; True (the released weights, from the most reliable source that answers: timm's hub
+        copy, transformers', the authors' GitHub release, their blob store; see `focalnet.hub`);
+        'timm' / 'hf' / 'official' (that source only); 'hf-hub:ORG/REPO[@REV]' (a hub repo in any of our
+        four layouts); or the path of a checkpoint in any supported layout (see `focalnet.checkpoints`).
+    features_only: return timm's feature extractor (FeatureGetterNet): forward gives the list of stage maps
+        `out_indices` chooses (default: every stage), with `feature_info.channels()` / `.reduction()`.
     num_classes: classifier size (0: no classifier). With weights and no num_classes, the checkpoint's
         head is kept. num_classes=1000 on the authors' 21842-class ImageNet-22K head slices it to
         ImageNet-1K; any other difference needs reset_head=True, which re-initialises the head only.
@@ -131,6 +136,13 @@ def create_model(
     drop_path_rate: stochastic depth (default: the paper's value for the variant).
     overrides: any other architecture argument of FocalNet / FocalNetIsotropic.
     """
+    if name.startswith(HUB_PREFIX):  # a hub repo states its own architecture
+        if pretrained not in (False, True):
+            raise CheckpointError(f"create_model({name!r}) takes its weights from the hub repo; drop pretrained={pretrained!r}")
+        model = load_model(name, **{k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
+                                    drop_path_rate=drop_path_rate).items() if v is not None},
+                           reset_head=reset_head, **overrides)
+        return _features(model, out_indices) if features_only else model
     ckpt = _read_pretrained(name, pretrained) if pretrained else None
     if ckpt is not None:
         if num_classes is None:
@@ -140,28 +152,55 @@ def create_model(
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("drop_path_rate", drop_path_rate)):
         if value is not None:
             overrides[key] = value
+    if ckpt is not None:  # names and shapes compared on the meta device before any weight is allocated
+        with torch.device("meta"):
+            _dry_load(build_model(name, **overrides), ckpt, reset_head)
     model = build_model(name, **overrides)
     if ckpt is not None:
         load_into(model, ckpt, reset_head=reset_head)
-        model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None
-        if ckpt.preprocessing is not None and len(ckpt.preprocessing["mean"]) == model.in_chans:
-            model.preprocessing = ckpt.preprocessing
-    return model
+    _finish(model, ckpt)
+    return _features(model, out_indices) if features_only else model
+
+
+def _dry_load(meta_model: nn.Module, ckpt: Checkpoint, reset_head: bool) -> None:
+    """`load_into` a model on the meta device: every name and shape check, no weight allocated or copied."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-meta parameter.*")  # copying into meta is a no-op: intended
+        load_into(meta_model, ckpt, reset_head=reset_head)
 
 
 def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module:
-    """Build the model a checkpoint holds, with its weights, without naming the architecture.
+    """Build the model a checkpoint (a path, or a hub repo 'hf-hub:ORG/REPO[@REV]') holds, with its weights,
+    without naming the architecture.
 
     The architecture comes from the file when it says (ours, HF, timm folders), else from the registered
     variant whose tensor shapes match (see `resolve_variant`).
     """
-    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        ckpt = _hub_checkpoint(path)
+    else:
+        ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     variant, arch = resolve_variant(ckpt)
     reset_head = overrides.pop("reset_head", False)
+    # the architecture (types, ranges, size) and the file's names and shapes, checked on the meta device:
+    # a file claiming a 3 GB model for 1 MB of tensors is refused before anything is allocated
+    try:
+        meta = validate_arch({**arch, **overrides}, where=f"the architecture of {ckpt.path or 'the checkpoint'}")
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from None
+    _dry_load(meta, ckpt, reset_head)
     model = model_from_arch(arch, **overrides)
     model.variant = variant
     load_into(model, ckpt, reset_head=reset_head)
-    model.class_names = ckpt.class_names if ckpt.num_classes == model.num_classes else None
-    if ckpt.preprocessing is not None and len(ckpt.preprocessing["mean"]) == model.in_chans:
-        model.preprocessing = ckpt.preprocessing  # the input normalisation the weights were trained with
+    _finish(model, ckpt)
     return model
+
+
+def verify(path: Union[PathLike, str]) -> Verification:
+    """`focalnet verify`: recompute a file's tensor fingerprint and reference outputs and compare them with
+    the record it was written with (see `focalnet.checkpoints.verify`); also names a released file whose
+    sha256 the registry records."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        repo, revision = parse_hub_id(path)
+        path = checkpoint_in(download_hub_repo(repo, revision))
+    return verify_checkpoint(read_checkpoint(path), path, known_hashes=known_hashes())

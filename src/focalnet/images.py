@@ -5,12 +5,19 @@ goes through `load_image`, so a missing, truncated or 16-bit file fails or conve
 is given. Interpolation names are checked against one table: an unknown name is an error everywhere, never
 a silent fallback to bicubic.
 
+Sizes are bounded before any work: a resize target (a model's img_size, --img-size) above
+`max_image_side()` (default MAX_IMAGE_SIDE = 4096 px, the environment variable FOCALNET_MAX_IMAGE_SIDE
+changes it) is refused by `check_image_side` before anything is allocated, and a file above Pillow's
+decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 million pixels; Pillow only warns up to
+twice that, here it is an error) is refused before it is decoded.
+
 This module sits at the bottom of the package: it imports only `focalnet.errors`, and numpy, torch, PIL and
 torchvision inside the functions that need them, so that importing it (the registry does) costs nothing.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
@@ -27,6 +34,10 @@ __all__ = [
     "IMAGENET_STD",
     "INTERPOLATIONS",
     "ImageError",
+    "ImageTooLargeError",
+    "MAX_IMAGE_SIDE",
+    "check_image_side",
+    "max_image_side",
     "PreprocessingError",
     "gray_stats",
     "interpolation_mode",
@@ -49,6 +60,46 @@ _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
 
 class ImageError(FocalNetError, ValueError):
     """An image that cannot be used: missing, unreadable, empty, or in an unsupported format."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image, or a size to resize to, above the configured bounds (refused before any allocation)."""
+
+
+# the largest side any image is resized to (classification is trained at 224-768 px; 4096 px already needs
+# tens of GB of activations for FocalNet-T); FOCALNET_MAX_IMAGE_SIDE overrides it
+MAX_IMAGE_SIDE = 4096
+
+
+def max_image_side() -> int:
+    """The configured cap on resize targets: $FOCALNET_MAX_IMAGE_SIDE if set, else MAX_IMAGE_SIDE."""
+    raw = os.environ.get("FOCALNET_MAX_IMAGE_SIDE")
+    if raw is None or raw.strip() == "":
+        return MAX_IMAGE_SIDE
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PreprocessingError(f"FOCALNET_MAX_IMAGE_SIDE must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def check_image_side(side: Any, what: str = "the image size") -> int:
+    """`side` as an int if it is a positive whole number at most `max_image_side()`; otherwise an error
+    naming `what` (e.g. "--img-size", "img_size in m.safetensors") and what to do. Checked before any resize."""
+    if isinstance(side, bool) or not isinstance(side, (int, float)) or side != side or int(side) != side:
+        raise PreprocessingError(f"{what} must be a whole number of pixels, got {side!r}")
+    side = int(side)
+    if side < 1:
+        raise PreprocessingError(f"{what} must be at least 1 pixel, got {side}")
+    cap = max_image_side()
+    if side > cap:
+        raise ImageTooLargeError(
+            f"{what} is {side} px, above the limit of {cap} px (an image this size would need far more memory "
+            "than a forward pass can use); pass a smaller size, or raise the limit with FOCALNET_MAX_IMAGE_SIDE"
+        )
+    return side
 
 
 class PreprocessingError(FocalNetError, ValueError):
@@ -149,16 +200,22 @@ def _from_file(path: Path) -> "Image.Image":
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file")
     try:
-        with Image.open(path) as opened:
-            opened.load()  # decode now: a truncated file fails here, not later
-            return opened.copy()
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it: a bomb all the same, refused before decoding
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not later
+                return opened.copy()
     except UnidentifiedImageError:
         raise ImageError(
             f"cannot read {path} as an image: unsupported format or not an image "
             "(Pillow reads JPEG, PNG, BMP, GIF, TIFF, WebP, ...)"
         ) from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(
+            f"{path} is too large to decode safely ({e}); downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust the file"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot decode {path}: {e} (truncated or corrupt file?)") from None
 

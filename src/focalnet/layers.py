@@ -50,6 +50,15 @@ def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export()
 
 
+def _compiling() -> bool:
+    """Whether dynamo is tracing this code (torch.compile, torch.export). The eager speed tricks below (GELU on
+    the NHWC view, the in-place gated sum) hide the plain pattern from inductor: its CPU pattern matcher fuses
+    conv -> GELU into one oneDNN kernel only when it sees F.gelu applied to the convolution's output, and
+    functionalization turns in-place updates back into out-of-place ones anyway. Traced code therefore gets
+    the plain formulation (same values); tests/test_speed.py checks both, and that the fusion happens."""
+    return torch.compiler.is_compiling()
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad the bottom and right of (B, C, H, W) so that H and W are multiples of `multiple`.
 
@@ -121,10 +130,11 @@ class GELU(nn.GELU):
     PyTorch's CPU GELU kernels (forward and backward) take a slower, non-vectorised path for a
     channels-last tensor that is not also NCHW-contiguous; its permuted (B, H, W, C) view is plain
     contiguous memory, so the same values come out up to 2x faster (benchmarks/training_layers.py).
-    Same parameters, same results, same output strides as nn.GELU."""
+    Same parameters, same results, same output strides as nn.GELU. Under torch.compile it is plain F.gelu
+    (inductor generates its own vectorised kernel, and fuses it into the convolution before it)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if not _compiling() and x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
         return F.gelu(x, approximate=self.approximate)
 
@@ -221,18 +231,23 @@ class FocalModulation(nn.Module):
         x = self.f(x)  # (B, 2C + L + 1, H, W)
         q, ctx, gates = torch.split(x, (C, C, L + 1), dim=1)
 
-        # hierarchical contextualization and gated aggregation, accumulated in place into one buffer: the
-        # first product is a fresh tensor and no backward formula needs the running sum, so autograd allows it
+        # hierarchical contextualization and gated aggregation. Eager: accumulated in place into one buffer (the
+        # first product is a fresh tensor and no backward formula needs the running sum, so autograd allows it).
+        # Traced: out of place, the plain sum inductor fuses into one loop (see _compiling)
+        plain = _compiling()
         ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)  # z^l, (B, C, H, W)
             gate = gates[:, level : level + 1]
-            ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
+            if ctx_all is None:
+                ctx_all = ctx * gate
+            else:
+                ctx_all = ctx_all + ctx * gate if plain else ctx_all.addcmul_(ctx, gate)
         # global context: one vector per image, broadcast over H, W
         ctx_global = self.global_act(ctx.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
-        ctx_all = ctx_all.addcmul_(ctx_global, gates[:, L:])
+        ctx_all = ctx_all + ctx_global * gates[:, L:] if plain else ctx_all.addcmul_(ctx_global, gates[:, L:])
         if self.normalize_modulator:
-            ctx_all = ctx_all.div_(L + 1)
+            ctx_all = ctx_all / (L + 1) if plain else ctx_all.div_(L + 1)
 
         # modulation: q interacts with the aggregated context
         x = q * self.h(ctx_all)

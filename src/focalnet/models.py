@@ -235,6 +235,34 @@ class _FocalNetBase(nn.Module):
     feature_info: list[dict]
     variant: Optional[str] = None  # the registered name, set by focalnet.create_model
     class_names: Optional[list] = None  # set when the weights came with class names
+    # the whole evaluation preprocessing (mean, std, img_size, crop_pct, interpolation): set by create_model /
+    # load_model from the file, else the variant's; read by `pretrained_cfg`, predict and the file writers
+    preprocessing: Optional[dict] = None
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's pretrained_cfg, so that `timm.data.resolve_data_config(model=m)` and `create_transform` give
+        this model's transform (a Fashion-MNIST model: 1 x 28 x 28 and its mean/std, not RGB ImageNet)."""
+        from .images import IMAGENET_MEAN, IMAGENET_STD, gray_stats
+
+        pre = dict(self.preprocessing or {})
+        if len(pre.get("mean") or ()) != self.in_chans:  # no statistics for this input: ImageNet's (gray: averaged)
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.in_chans != 1 else gray_stats(IMAGENET_MEAN, IMAGENET_STD)
+            pre.update(mean=mean, std=std)
+        size = int(pre.get("img_size") or 224)
+        cfg = dict(
+            input_size=(self.in_chans, size, size), fixed_input_size=False, crop_mode="center",
+            crop_pct=float(pre.get("crop_pct") or 0.875), interpolation=pre.get("interpolation") or "bicubic",
+            mean=tuple(pre["mean"]), std=tuple(pre["std"]), num_classes=self.num_classes,
+            first_conv="stem.proj", classifier="head.fc", architecture=self.variant,
+        )
+        if self.class_names:
+            cfg["label_names"] = list(self.class_names)
+        return cfg
+
+    @property
+    def default_cfg(self) -> dict:  # timm's older name, still read by some of its helpers
+        return self.pretrained_cfg
 
     def _arch_from_args(self, args: Mapping[str, Any]) -> dict:
         """`self.arch`: the family and every constructor argument, read from `args` (the constructor's
@@ -380,6 +408,20 @@ class FocalNet(_FocalNetBase):
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.apply(init_weights)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping (for `timm.optim.param_groups_layer_decay`): the stem first, then each
+        stage (coarse) or each block, a stage's downsampling with the stage's first block, the final norm
+        last; the head falls into the group after them (timm's rule for unmatched names)."""
+        return dict(
+            stem=r"^stem",
+            blocks=[(r"^stages\.(\d+)", None), (r"^norm", (99999,))] if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, ceil(H / 32), ceil(W / 32)), after the final norm."""
         x = self._to_model_layout(x)
@@ -480,6 +522,11 @@ class FocalNetIsotropic(_FocalNetBase):
         self.norm = LayerNorm2d(embed_dim)
         self.head = ClassifierHead(embed_dim, num_classes, drop_rate)
         self.apply(init_weights)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping: the stem, each block, the final norm (the head after them)."""
+        return dict(stem=r"^stem", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, embed_dim, ceil(H / 16), ceil(W / 16)), after the final norm."""

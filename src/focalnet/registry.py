@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch.nn as nn
 
@@ -21,7 +21,7 @@ from .models import FocalNet, FocalNetIsotropic, check_arguments
 
 __all__ = [
     "ModelSpec", "Published", "Weights", "register_model", "list_models", "get_spec", "build_model",
-    "UnknownModelError",
+    "UnknownModelError", "describe_arch",
 ]
 
 # the authors' release links (their README): GitHub releases for most, their blob store for the rest
@@ -47,6 +47,10 @@ class Weights:
     official: Optional[str] = None
     timm: Optional[str] = None
     hf: Optional[str] = None
+    # sha256 of the file each source serves ({'official': hex, 'timm': hex of model.safetensors, ...}),
+    # checked after download (focalnet.hub). Recorded only where the digest was verified against the
+    # published file; none is recorded yet: hub downloads are verified by huggingface_hub's own etag checks.
+    sha256: Optional[Mapping[str, str]] = field(default=None, hash=False)
 
 
 @dataclass
@@ -130,6 +134,54 @@ def list_models(pattern: Union[str, None] = None) -> list[str]:
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
+
+
+# what a head, an input or a regulariser changes is not a different architecture
+_NOT_SHAPE = frozenset({"num_classes", "in_chans", "drop_rate", "drop_path_rate", "proj_drop_rate"})
+_SHORT = {"patch_size": "patch"}
+_FIRST = ("embed_dim", "depths", "depth", "patch_size", "focal_levels", "focal_windows")
+
+
+def _arch_differences(arch: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
+    """`key value` for every field where `arch` differs from `base`; per-stage lists of a model with fewer
+    stages count as equal when they are the base's cut (or extended) to that many stages."""
+    stages = len(arch.get("depths") or []) or None
+    diffs = []
+    keys = list(_FIRST) + [k for k in list(arch) + list(base) if k not in _FIRST]
+    for key in dict.fromkeys(keys):
+        if key in _NOT_SHAPE:
+            continue
+        ours, theirs = arch.get(key), base.get(key)
+        if isinstance(theirs, (list, tuple)) and key != "depths" and stages:
+            theirs = (list(theirs) + [list(theirs)[-1]] * stages)[:stages]
+        if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)) and list(ours) == list(theirs):
+            continue
+        if ours != theirs:
+            text = "-".join(str(v) for v in ours) if isinstance(ours, (list, tuple)) else str(ours)
+            diffs.append(f"{_SHORT.get(key, key)} {text}")
+    return diffs
+
+
+def describe_arch(arch: Union[Mapping[str, Any], nn.Module, None], variant: Optional[str] = None) -> str:
+    """The honest name of an architecture: the registered variant it is, else "custom, from VARIANT: what
+    differs" (e.g. "custom, from focalnet_tiny_srf: embed_dim 32, depths 1-2-2, patch 2"), VARIANT being
+    the one it was built from (`variant`) or the registered one of its family it differs least from.
+    Given a model: its `arch` and `variant` (any other module: its class name)."""
+    if isinstance(arch, nn.Module):
+        model = arch
+        arch, variant = getattr(model, "arch", None), variant or getattr(model, "variant", None)
+        if not arch:
+            return variant or type(model).__name__
+    if not arch:
+        return variant or "custom"
+    candidates = [variant] if variant in _REGISTRY else [
+        n for n in list_models() if _REGISTRY[n].arch.get("family") == arch.get("family")]
+    if not candidates:
+        return "custom"
+    diffs = {n: _arch_differences(arch, _REGISTRY[n].arch) for n in candidates}
+    # the fewest differences; among equals the smallest published model (tiny before base)
+    base = min(candidates, key=lambda n: (len(diffs[n]), _REGISTRY[n].published.params_m or 0.0))
+    return base if not diffs[base] else f"custom, from {base}: {', '.join(diffs[base])}"
 
 
 def build_model(name: str, **overrides: Any) -> nn.Module:

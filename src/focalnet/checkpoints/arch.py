@@ -7,13 +7,20 @@ the rest from the registered variant with the same shapes.
 """
 from __future__ import annotations
 
+import logging
+import math
+import os
 from typing import Mapping, Optional
 
 import torch
 
 from .convert import ConversionError
 
-__all__ = ["arch_from_state_dict", "arch_from_hf_config", "class_names_from_hf_config", "hf_config"]
+__all__ = [
+    "validate_arch", "max_model_bytes", "MAX_MODEL_BYTES",
+    "arch_from_state_dict", "arch_from_hf_config", "class_names_from_hf_config", "hf_config",
+    "hf_preprocessor_config", "timm_config", "timm_model_args", "imagenet_labels", "complete_preprocessing",
+]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -46,6 +53,17 @@ def _block_arch(sd: Mapping[str, torch.Tensor], prefix: str) -> dict:
 
 
 def arch_from_state_dict(sd: Mapping[str, torch.Tensor], family: Optional[str] = None) -> dict:
+    """What the tensor shapes of our-layout `sd` say about the architecture (see `_arch_from_shapes`); tensors
+    missing or of the wrong rank (a damaged or crafted file) are a ConversionError naming the tensor."""
+    try:
+        return _arch_from_shapes(sd, family)
+    except KeyError as e:
+        raise ConversionError(f"the tensors do not form a FocalNet: {e.args[0]!r} is missing") from None
+    except (IndexError, ValueError, ZeroDivisionError) as e:
+        raise ConversionError(f"the tensors do not form a FocalNet: a tensor has the wrong rank or size ({e})") from None
+
+
+def _arch_from_shapes(sd: Mapping[str, torch.Tensor], family: Optional[str] = None) -> dict:
     """What the tensor shapes of our-layout `sd` say about the architecture.
 
     Shapes fix depths, width, focal levels, windows, focal factor, patch size, conv embedding, layer scale
@@ -76,6 +94,110 @@ def arch_from_state_dict(sd: Mapping[str, torch.Tensor], family: Optional[str] =
         use_conv_embed=conv_embed, use_post_norm_in_modulation=last["use_post_norm_in_modulation"],
         layerscale_value=last["layerscale_value"], **common,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validating an architecture a file states (ours, a training checkpoint, a Hugging Face config.json)
+# --------------------------------------------------------------------------------------------------------
+
+# Bounds on what a file may ask for: wide enough for every published FocalNet (huge: embed_dim 352, 18
+# blocks in a stage, a 21842-class head) and any sensible custom one; a crafted file cannot ask for more.
+_INT_RANGES = dict(
+    embed_dim=(1, 8192), in_chans=(1, 64), num_classes=(0, 1_000_000), patch_size=(1, 64), focal_factor=(0, 16),
+    depth=(1, 256), focal_level=(1, 16), focal_window=(1, 63),
+)
+_PER_STAGE = dict(depths=(1, 256), focal_levels=(1, 16), focal_windows=(1, 63))
+_FLAGS = ("use_conv_embed", "use_post_norm", "use_post_norm_in_modulation", "normalize_modulator")
+_RATES = ("drop_rate", "proj_drop_rate", "drop_path_rate")
+MAX_STAGES = 8
+# default cap on the parameters' bytes (float32) of a model built from a file: 4 G parameters, six times
+# FocalNet-H; FOCALNET_MAX_MODEL_BYTES overrides it
+MAX_MODEL_BYTES = 16 * 2**30
+
+
+def max_model_bytes() -> int:
+    """The cap on a file's model size in bytes: $FOCALNET_MAX_MODEL_BYTES if set, else MAX_MODEL_BYTES."""
+    raw = os.environ.get("FOCALNET_MAX_MODEL_BYTES", "").strip()
+    try:
+        value = int(float(raw)) if raw else MAX_MODEL_BYTES
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise ConversionError(f"FOCALNET_MAX_MODEL_BYTES must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(key: str, v: object, lo: int, hi: int) -> None:
+    if not _is_int(v) or not lo <= v <= hi:
+        raise ConversionError(f"architecture key {key!r} must be a whole number in [{lo}, {hi}], got {v!r}")
+
+
+def _check_fields(arch: Mapping) -> None:
+    """Types and ranges of every known architecture field (unknown ones are refused when the model is built)."""
+    for key, (lo, hi) in _INT_RANGES.items():
+        if key in arch:
+            _check_int(key, arch[key], lo, hi)
+    stages = arch.get("depths")
+    if "depths" in arch and (not isinstance(stages, (list, tuple)) or not 1 <= len(stages) <= MAX_STAGES):
+        raise ConversionError(f"architecture key 'depths' must be a list of 1 to {MAX_STAGES} stage depths, got {stages!r}")
+    for key, (lo, hi) in _PER_STAGE.items():
+        if key not in arch:
+            continue
+        v = arch[key]
+        if key != "depths" and not isinstance(v, (list, tuple)):  # one value for every stage
+            _check_int(key, v, lo, hi)
+            continue
+        if not isinstance(v, (list, tuple)) or (stages is not None and len(v) != len(stages)):
+            raise ConversionError(f"architecture key {key!r} must be a list with one value per stage, got {v!r}")
+        for x in v:
+            _check_int(key, x, lo, hi)
+    for key in _FLAGS:
+        if key in arch and not isinstance(arch[key], bool):
+            raise ConversionError(f"architecture key {key!r} must be true or false, got {arch[key]!r}")
+    for key, lo, hi in [("mlp_ratio", 0.0, 64.0)] + [(k, 0.0, 1.0) for k in _RATES]:
+        v = arch.get(key, 0.5)
+        if not _is_number(v) or not lo <= v <= hi or (key == "mlp_ratio" and v <= 0) or (key in _RATES and v >= 1):
+            raise ConversionError(f"architecture key {key!r} out of range: {v!r}")
+    ls = arch.get("layerscale_value")
+    if ls is not None and (not _is_number(ls) or not 0 < ls <= 1e3):
+        raise ConversionError(f"architecture key 'layerscale_value' must be null or a positive number, got {ls!r}")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_arch(arch: object, where: str = "the architecture") -> "torch.nn.Module":
+    """Check an architecture read from a file and return the model it describes, built on the meta device.
+
+    Types and ranges of every field, the family among `focalnet.models.FAMILIES`, unknown keys refused, and
+    the parameters' size against `max_model_bytes()`: all before a single weight is allocated. Errors are
+    ConversionError naming `where` (the file) and the key; `focalnet.checkpoints.io` turns them into
+    CheckpointError."""
+    from ..errors import FocalNetError
+    from ..models import FAMILIES, model_from_arch
+
+    try:
+        if not isinstance(arch, Mapping):
+            raise ConversionError(f"the architecture must be a JSON object (a dict), got {type(arch).__name__}")
+        if not isinstance(arch.get("family"), str) or arch["family"] not in FAMILIES:
+            raise ConversionError(f"unknown model family {arch.get('family')!r}; known: {', '.join(FAMILIES)}")
+        _check_fields(arch)
+        with torch.device("meta"):
+            model = model_from_arch(arch)
+    except FocalNetError as e:
+        raise ConversionError(f"{where}: {e}") from None
+    size = sum(p.numel() * 4 for p in model.parameters())
+    if size > max_model_bytes():
+        raise ConversionError(
+            f"{where}: the architecture has {size // 4:,} parameters ({size / 2**30:.1f} GiB in float32), above the "
+            f"limit of {max_model_bytes() / 2**30:.1f} GiB; raise FOCALNET_MAX_MODEL_BYTES if you trust the file"
+        )
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -122,8 +244,11 @@ def class_names_from_hf_config(config: Mapping) -> Optional[list[str]]:
     return names
 
 
-def hf_config(arch: Mapping, class_names: Optional[list[str]] = None) -> dict:
-    """A transformers FocalNetConfig (as a dict) for our architecture `arch`."""
+def hf_config(arch: Mapping, class_names: Optional[list[str]] = None, img_size: int = 224) -> dict:
+    """A transformers FocalNetConfig (as a dict) for our architecture `arch`.
+
+    Without class names, a 1000- or 21842-class head gets ImageNet's names (see `imagenet_labels`), so that
+    `pipeline("image-classification")` says 'tabby, tabby cat' rather than 'LABEL_281'."""
     if arch["family"] == "isotropic":
         depths, levels, windows = [arch["depth"]], [arch["focal_level"]], [arch["focal_window"]]
         conv_embed = False
@@ -132,6 +257,8 @@ def hf_config(arch: Mapping, class_names: Optional[list[str]] = None) -> dict:
         conv_embed = bool(arch.get("use_conv_embed", False))
     dims = [arch["embed_dim"] * 2**i for i in range(len(depths))]
     num_classes = arch.get("num_classes", 0)
+    if class_names is None and imagenet_labels(num_classes) is not None:
+        class_names = imagenet_labels(num_classes)[1]
     names = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(num_classes)]
     return {
         "model_type": "focalnet",
@@ -149,7 +276,7 @@ def hf_config(arch: Mapping, class_names: Optional[list[str]] = None) -> dict:
         "normalize_modulator": bool(arch.get("normalize_modulator", False)),
         "num_channels": arch.get("in_chans", 3),
         "patch_size": arch.get("patch_size", 4),
-        "image_size": 224,
+        "image_size": int(img_size),
         "mlp_ratio": float(arch.get("mlp_ratio", 4.0)),
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
@@ -158,5 +285,140 @@ def hf_config(arch: Mapping, class_names: Optional[list[str]] = None) -> dict:
         "layer_norm_eps": 1e-5,
         "encoder_stride": 32,
         "id2label": {str(i): n for i, n in enumerate(names)},
+        # names need not be unique (ImageNet-1K has two 'crane's and two 'maillot's): the last index wins
         "label2id": {n: i for i, n in enumerate(names)},
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# What each peer's loader reads besides the weights: preprocessing, label names, timm's model_args
+# --------------------------------------------------------------------------------------------------------
+
+log = logging.getLogger("focalnet")
+
+# head size -> timm's ImageNetInfo subset: the authors' 21842-class head is in their reordered 22K order
+_IMAGENET_SUBSETS = {1000: "imagenet-1k", 21842: "imagenet-22k-ms", 21841: "imagenet-22k"}
+
+
+def imagenet_labels(num_classes: int) -> Optional[tuple[list[str], list[str]]]:
+    """(WordNet ids, descriptions) of ImageNet's classes for a 1000-, 21841- or 21842-class head (timm ships
+    them: `timm.data.ImageNetInfo`); None for any other head, or without timm (then a warning)."""
+    subset = _IMAGENET_SUBSETS.get(int(num_classes))
+    if subset is None:
+        return None
+    try:
+        from timm.data import ImageNetInfo
+    except ImportError:
+        log.warning("timm is not installed: the %d-class head is written without ImageNet's class names", num_classes)
+        return None
+    info = ImageNetInfo(subset)
+    n = info.num_classes()
+    return [info.index_to_label_name(i) for i in range(n)], [info.index_to_description(i) for i in range(n)]
+
+
+def complete_preprocessing(in_chans: int, saved: Optional[Mapping] = None, variant: Optional[str] = None) -> dict:
+    """The whole evaluation preprocessing (mean, std, img_size, crop_pct, interpolation): what the file saved,
+    else the registered variant's, else ImageNet's at 224 px; a 1-channel model of RGB statistics gets the
+    mean of the three means and stds."""
+    from ..images import IMAGENET_MEAN, IMAGENET_STD, gray_stats
+    from ..registry import get_spec, list_models
+
+    spec = get_spec(variant) if variant in list_models() else None
+    out = dict(
+        mean=list(spec.mean if spec else IMAGENET_MEAN), std=list(spec.std if spec else IMAGENET_STD),
+        img_size=spec.published.img_size if spec else 224, crop_pct=spec.crop_pct if spec else 0.875,
+        interpolation=spec.interpolation if spec else "bicubic",
+    )
+    if saved and len(saved.get("mean") or ()) == in_chans:
+        out.update({k: (list(v) if k in ("mean", "std") else v) for k, v in saved.items() if v is not None})
+    elif len(out["mean"]) != in_chans:
+        if in_chans != 1:
+            raise ConversionError(f"no preprocessing is known for {in_chans}-channel input: pass mean and std")
+        mean, std = gray_stats(out["mean"], out["std"])
+        out.update(mean=list(mean), std=list(std))
+    return out
+
+
+def hf_preprocessor_config(pre: Mapping) -> dict:
+    """transformers' preprocessor_config.json (a FocalNet ConvNext-style image processor, as the authors'
+    hub repos use): resize the shorter side to img_size / crop_pct, center crop img_size, normalise."""
+    size = int(pre["img_size"])
+    crop_pct = float(pre.get("crop_pct") or 1.0)
+    resample = {"nearest": 0, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5, "lanczos": 1}[pre.get("interpolation", "bicubic")]
+    return {
+        "image_processor_type": "BitImageProcessor",
+        "do_resize": True, "size": {"shortest_edge": int(size / crop_pct)}, "resample": resample,
+        "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": list(pre["mean"]), "image_std": list(pre["std"]),
+        # 1-channel models: the processor must not turn the gray image into RGB
+        "do_convert_rgb": len(pre["mean"]) == 3,
+    }
+
+
+# timm's FocalNet arguments and ours; timm has no patch size (its stem is stride 4) and no focal factor (2)
+_TIMM_ARGS = {
+    "embed_dim": "embed_dim", "depths": "depths", "mlp_ratio": "mlp_ratio", "focal_levels": "focal_levels",
+    "focal_windows": "focal_windows", "use_overlap_down": "use_conv_embed", "use_post_norm": "use_post_norm",
+    "use_post_norm_in_modulation": "use_post_norm_in_modulation", "normalize_modulator": "normalize_modulator",
+    "layerscale_value": "layerscale_value", "in_chans": "in_chans", "num_classes": "num_classes",
+}
+# what each of timm's entry points fixes (`dict(depths=..., embed_dim=..., **kwargs)`: a second value for one of
+# these is a TypeError): read from timm/models/focalnet.py; everything else is free in model_args
+_TIMM_FIXED = ("embed_dim", "depths", "focal_levels", "focal_windows", "use_overlap_down", "use_post_norm",
+               "use_post_norm_in_modulation", "layerscale_value")
+
+
+def timm_model_args(arch: Mapping, variant: Optional[str] = None) -> tuple[Optional[str], dict, Optional[str]]:
+    """(timm entry point, model_args, why timm cannot build it) for our architecture.
+
+    timm's entry points fix depths and embed_dim (and, for L/XL/H, the flags): an architecture timm builds is
+    one of its twelve with only the free arguments changed (classes, channels, normalize_modulator, MLP ratio)."""
+    from ..registry import get_spec, list_models
+
+    if arch.get("family") != "hierarchical":
+        return None, {}, "timm has no isotropic FocalNet"
+    if int(arch.get("patch_size", 4)) != 4 or int(arch.get("focal_factor", 2)) != 2:
+        return None, {}, (f"timm's FocalNet has a stride-4 stem and focal factor 2; this model has patch_size="
+                          f"{arch.get('patch_size')} and focal_factor={arch.get('focal_factor')}")
+    ours = {t: (list(arch[o]) if isinstance(arch.get(o), (list, tuple)) else arch.get(o)) for t, o in _TIMM_ARGS.items()}
+    candidates = ([variant] if variant in list_models() else []) + [n for n in list_models() if n != variant]
+    for name in candidates:
+        spec = get_spec(name).arch
+        if spec["family"] != "hierarchical":
+            continue
+        theirs = {t: (list(spec[o]) if isinstance(spec.get(o), (list, tuple)) else spec.get(o)) for t, o in _TIMM_ARGS.items()}
+        if all(ours[k] == theirs[k] for k in _TIMM_FIXED):
+            free = {k: v for k, v in ours.items() if k not in _TIMM_FIXED}
+            return name, free, None
+    return None, {}, (f"timm's focalnet entry points fix depths and embed_dim (and the flags of L/XL/H); none has "
+                      f"depths={ours['depths']}, embed_dim={ours['embed_dim']}, focal_levels={ours['focal_levels']}, "
+                      f"focal_windows={ours['focal_windows']}")
+
+
+def timm_config(
+    arch: Mapping, variant: Optional[str], class_names: Optional[list[str]], pre: Mapping
+) -> tuple[dict, Optional[str]]:
+    """timm's config.json (architecture, num_classes, num_features, model_args, pretrained_cfg with input size,
+    mean, std, crop, interpolation, classes and label names) and why timm cannot build it (None: it can)."""
+    entry, model_args, why_not = timm_model_args(arch, variant)
+    num_classes = int(arch.get("num_classes", 0))
+    labels = imagenet_labels(num_classes) if class_names is None else None
+    size = int(pre["img_size"])
+    pretrained_cfg = {
+        "input_size": [int(arch.get("in_chans", 3)), size, size], "fixed_input_size": False,
+        "interpolation": pre.get("interpolation", "bicubic"), "crop_pct": float(pre.get("crop_pct") or 1.0),
+        "crop_mode": "center", "mean": list(pre["mean"]), "std": list(pre["std"]), "num_classes": num_classes,
+        "first_conv": "stem.proj", "classifier": "head.fc",
+    }
+    if class_names is not None:
+        pretrained_cfg["label_names"] = list(class_names)
+    elif labels is not None:
+        pretrained_cfg["label_names"], pretrained_cfg["label_descriptions"] = labels
+    dims = arch["embed_dim"] * 2 ** (len(arch["depths"]) - 1) if arch.get("family") == "hierarchical" else arch["embed_dim"]
+    config = {
+        # a name timm does not know when it cannot build the model: a clear error, never the wrong 27.7 M model
+        "architecture": entry or "focalnet_custom", "num_classes": num_classes, "num_features": dims,
+        "model_args": model_args, "pretrained_cfg": pretrained_cfg,
+    }
+    return config, why_not

@@ -7,6 +7,7 @@ import functools
 import logging
 from typing import Callable
 
+from ..errors import FocalNetError
 from . import UserError
 
 log = logging.getLogger("focalnet")
@@ -27,6 +28,8 @@ def user_errors(fn: Callable) -> Callable:
 
         try:
             return fn(args)
+        except FocalNetError:  # already one line with what to do (OutputExistsError says --force itself)
+            raise
         except FileExistsError as e:
             raise UserError(f"{e.args[0] if e.args else e}; pass --force to overwrite") from None
         except ModuleNotFoundError as e:

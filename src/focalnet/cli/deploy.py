@@ -15,12 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX or TorchScript and check it against PyTorch")
-    p.add_argument("name", help="registered model name (the architecture)")
+    p.add_argument("name", nargs="?", default=None,
+                   help="registered model name (default: the architecture the --checkpoint holds)")
     p.add_argument("--checkpoint", default=None, help="weights in any supported layout (default: random weights)")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (ONNX)")
-    p.add_argument("--out", "-o", default=None, help="output file (default: NAME.onnx / NAME.torchscript.pt)")
-    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="PX", help="example input H [W]")
+    p.add_argument("--out", "-o", default=None, help="output file (default: NAME.onnx / NAME.torchscript.pt, NAME "
+                   "being the model name or the checkpoint's file name)")
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="PX",
+                   help="example input H [W] (default: the size the checkpoint was trained at, else 224)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="ONNX exporter: dynamo (default, current) or torchscript (legacy, much faster)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
@@ -34,28 +37,39 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="measure inference / training speed (with --compare: against timm, Hugging Face, Swin-T, ConvNeXt-T)",
-        description="Interleaved timing (A B A B ...) after warm-up, in one process; medians, min-max and ratios "
-        "to timm's FocalNet. Run it on an idle machine and keep the allocator setting in mind (it is printed).",
+        description="Steady-state timing in one process: blocks of consecutive calls per implementation, the blocks "
+        "interleaved (A A A B B B A A A ...), each block after one re-warming call; medians, min-max and ratios to "
+        "timm's FocalNet. Prints the CPU, its ISA and the allocator setting. Run it on an idle machine.",
     )
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default: focalnet_tiny_srf)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     p.add_argument("--batch-size", type=int, default=16, help="batch of the throughput run (default 16)")
-    p.add_argument("--latency", action="store_true", help="also measure inference at batch 1")
+    p.add_argument("--latency", action="store_true", help="also measure inference at batch 1 (warm, steady state)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="float32, or bf16/fp16 autocast")
-    p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    p.add_argument("--compile", action="store_true",
+                   help="also run each implementation through torch.compile (inductor; fullgraph for ours), beside "
+                   "the eager one; or name compiled variants directly: --impl timm-compiled")
+    p.add_argument("--no-freezing", action="store_true",
+                   help="compiled inference without inductor's freezing (the default freezes weights: conv+GELU, "
+                   "conv+add fused)")
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights for every implementation")
     p.add_argument("--impl", action="append", default=None,
-                   help="implementation(s) to run: ours, ours-fused, timm, hf, swin_t, convnext_t (repeatable)")
+                   help="implementation(s) to run: ours, ours-fused, timm, hf, swin_t, convnext_t, each also as "
+                   "NAME-compiled (repeatable; default: ours, ours-fused, timm)")
     p.add_argument("--compare", action="store_true", help="run ours, ours-fused, timm, hf, swin_t and convnext_t")
     p.add_argument("--no-recompute", action="store_true",
                    help="train ours without selective activation recompute (set_activation_recompute)")
     p.add_argument("--peak-memory", action="store_true",
                    help="training: also measure peak memory, one fresh subprocess per implementation")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=10, help="timed calls of each implementation (interleaved)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each implementation first (default 3)")
+    p.add_argument("--rounds", type=int, default=10, help="timed calls of each implementation (default 10)")
+    p.add_argument("--block", type=int, default=5,
+                   help="consecutive timed calls per block, after one re-warming call (default 5)")
+    p.add_argument("--cold", action="store_true",
+                   help="also report the re-warming calls (the first call after another implementation ran), labelled")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the raw figures to PATH")
     p.set_defaults(func=cmd_bench)
@@ -70,11 +84,14 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..deploy import DEFAULT_VERIFY_SIZES, export_model, verify_export
 
-    h, w = parse_hw(args.img_size)
     args.device = "cpu"
-    model = build_from_args(args)
+    model = build_from_args(args)  # a checkpoint alone: its own architecture (a resized model included)
+    # the size the model was trained at travels with it (model.safetensors' preprocessing)
+    trained = (getattr(model, "preprocessing", None) or {}).get("img_size") if args.checkpoint else None
+    h, w = parse_hw(args.img_size or [int(trained or 224)])
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = Path(args.out) if args.out else Path(f"{args.name}{suffix}")
+    stem = args.name or Path(args.checkpoint).name.split(".")[0]
+    out = Path(args.out) if args.out else Path(f"{stem}{suffix}")
     dynamic = args.dynamic or args.format == "torchscript"
     path = export_model(model, out, args.format, img_size=(h, w), dynamic=args.dynamic, exporter=args.exporter,
                         opset=args.opset, overwrite=args.force)
@@ -83,7 +100,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({args.format}, {how}{'dynamic batch/height/width' if dynamic else f'fixed {h}x{w}'}, {size_mb:.1f} MB)")
     if args.no_verify:
         return 0
-    sizes = DEFAULT_VERIFY_SIZES if dynamic else ((h, w),)
+    # a dynamic export is checked at the example size (the one a checkpoint was trained at) and the usual ones
+    sizes = tuple(dict.fromkeys([(h, w), *DEFAULT_VERIFY_SIZES])) if dynamic else ((h, w),)
     batches = (1, 2) if dynamic else (1,)
     rows = verify_export(path, model, args.format, sizes=sizes, batch_sizes=batches, atol=args.atol)
     runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
@@ -104,17 +122,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     impls = _bench_implementations(args)
     state = bench.machine_state()
-    print(f"machine: {state['cpu']} ({state['cpu_capability']}, oneDNN bf16: {state['onednn_bf16']}), "
-          f"torch {state['torch']}, {state['threads']} threads, allocator: {state['allocator']}")
+    print(f"machine: {bench.machine_line(state)}")
     print(f"model {args.model}, {args.img_size} px, {args.dtype}, device {args.device}"
-          + (", compiled" if args.compile else "") + (", channels-last" if args.channels_last else ""))
+          + (", channels-last" if args.channels_last else ""))
     results = []
     if args.mode in ("infer", "both"):
         results += _bench_inference(args, impls)
     if args.mode in ("train", "both"):
-        results += _bench_training(args, [i for i in impls if i != "ours-fused"])
+        results += _bench_training(args, [i for i in impls if bench.split_variant(i)[0] != "ours-fused"])
     print()
-    print(bench.format_table(results))
+    print(bench.format_table(results, machine=state, cold=args.cold))
     if args.json:
         payload = dict(machine=state, args={k: v for k, v in vars(args).items() if k != "func"},
                        results=[r.to_dict() for r in results])
@@ -123,8 +140,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_variants(impls: list[str], compile: bool) -> list[str]:
+    """The variants to run: with `compile`, each eager implementation followed by its compiled variant."""
+    from ..deploy.bench import COMPILED_SUFFIX
+
+    out: list[str] = []
+    for name in impls:
+        out.append(name)
+        if compile and not name.endswith(COMPILED_SUFFIX):
+            out.append(name + COMPILED_SUFFIX)
+    return list(dict.fromkeys(out))
+
+
 def _bench_implementations(args: argparse.Namespace) -> list[str]:
-    """Check the arguments (every mistake before any model is built) and return the implementations to run."""
+    """Check the arguments (every mistake before any model is built) and return the variants to run."""
     import torch
 
     from ..deploy import bench
@@ -133,8 +162,8 @@ def _bench_implementations(args: argparse.Namespace) -> list[str]:
     get_spec(args.model)  # unknown names: a clear error with suggestions
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    if args.batch_size < 1 or args.rounds < 1 or args.warmup < 0 or args.img_size < 1:
-        raise UserError("--batch-size, --rounds and --img-size must be positive and --warmup not negative")
+    if min(args.batch_size, args.rounds, args.img_size, args.block) < 1 or args.warmup < 0:
+        raise UserError("--batch-size, --rounds, --block and --img-size must be positive and --warmup not negative")
     if args.dtype == "float16" and args.device == "cpu":
         raise UserError("float16 autocast is for CUDA; on CPU use --dtype bfloat16")
     if args.json and Path(args.json).exists() and Path(args.json).is_dir():
@@ -142,15 +171,14 @@ def _bench_implementations(args: argparse.Namespace) -> list[str]:
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = list(bench.IMPLEMENTATIONS) if args.compare else (args.impl or ["ours", "ours-fused", "timm"])
-    unknown = [i for i in impls if i not in bench.IMPLEMENTATIONS]
-    if unknown:
-        raise UserError(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(bench.IMPLEMENTATIONS)}")
-    return impls
+    for name in impls:
+        bench.split_variant(name)  # an unknown name: a BenchError (one line at the CLI) listing the known ones
+    return bench_variants(impls, args.compile)
 
 
 def _common(args: argparse.Namespace) -> dict:
     return dict(variant=args.model, img_size=args.img_size, dtype=args.dtype, device=args.device,
-                compile=args.compile, channels_last=args.channels_last)
+                channels_last=args.channels_last)
 
 
 def _bench_inference(args: argparse.Namespace, impls: list[str]) -> list:
@@ -159,8 +187,8 @@ def _bench_inference(args: argparse.Namespace, impls: list[str]) -> list:
     results = []
     batches = ([1] if args.latency else []) + [args.batch_size]
     for b in dict.fromkeys(batches):
-        results += bench.run_inference(impls, batch_size=b, warmup=args.warmup, rounds=args.rounds, log=print,
-                                       **_common(args))
+        results += bench.run_inference(impls, batch_size=b, warmup=args.warmup, rounds=args.rounds, block=args.block,
+                                       freezing=not args.no_freezing, log=print, **_common(args))
     return results
 
 
@@ -168,10 +196,11 @@ def _bench_training(args: argparse.Namespace, impls: list[str]) -> list:
     from ..deploy import bench
 
     results = bench.run_training(impls, batch_size=args.batch_size, recompute=not args.no_recompute,
-                                 warmup=min(args.warmup, 2), rounds=args.rounds, log=print, **_common(args))
+                                 warmup=min(args.warmup, 2), rounds=args.rounds, block=args.block, log=print,
+                                 **_common(args))
     if args.peak_memory:
         for r in results:
-            print(f"peak memory of {r.impl} (fresh process) ...")
-            r.peak_bytes = bench.peak_training_memory(r.impl, batch_size=args.batch_size,
+            print(f"peak memory of {r.label} (fresh process) ...")
+            r.peak_bytes = bench.peak_training_memory(r.label, batch_size=args.batch_size,
                                                       recompute=not args.no_recompute, **_common(args))
     return results

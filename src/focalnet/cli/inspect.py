@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="blocks to show: 'last' (default: last block of every stage), 'all', STAGE.BLOCK "
                         "(e.g. 3.1, 2.-1, 2.*) or BLOCK for isotropic models")
     p.add_argument("--out", required=True, help="folder for <image>_modulation.png, kernels.png, pictures.json")
-    p.add_argument("--img-size", type=int, default=None, help="resize the shorter side to this (default: as is)")
+    p.add_argument("--img-size", type=int, default=None, help="resize the shorter side to this (default: the size a "
+                   "--checkpoint was trained at, else as is)")
     p.add_argument("--panel", type=int, default=224, help="longer side of each panel in pixels (default 224)")
     p.add_argument("--no-kernels", action="store_true", help="skip the picture of the depthwise kernels")
     p.add_argument("--force", action="store_true", help="overwrite existing pictures")
@@ -61,8 +62,15 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     model = build_from_args(args)
     resolve_blocks(model, args.blocks)  # a wrong block fails before any image is read
+    img_size = args.img_size
+    if img_size is None and args.checkpoint:
+        # a trained model sees images at the size it was trained at (model.safetensors carries it): a 28 px
+        # model shown a photo at 1000 px would picture a scale it never saw
+        img_size = (getattr(model, "preprocessing", None) or {}).get("img_size")
+        if img_size:
+            print(f"input: shorter side resized to {img_size} px, as the checkpoint was trained (--img-size to change)")
     paths = write_pictures(
-        model, args.images, args.out, blocks=args.blocks, img_size=args.img_size, panel=args.panel,
+        model, args.images, args.out, blocks=args.blocks, img_size=img_size, panel=args.panel,
         kernels=not args.no_kernels, overwrite=args.force,
     )
     for p in paths:
@@ -214,6 +222,7 @@ def _profile_sweep(args: argparse.Namespace) -> int:
 @user_errors
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..inspect.predict import class_names_for, predict, preprocessing_for
+    from ..registry import describe_arch
 
     if args.topk < 1:
         raise UserError("--topk must be at least 1")
@@ -223,7 +232,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pre = preprocessing_for(model, args.img_size)
     if args.json:
         print(json.dumps(dict(
-            model=getattr(model, "variant", None), labels=names.source, num_classes=len(names),
+            model=describe_arch(model), labels=names.source, num_classes=len(names),
             input_size=pre.img_size, predictions=[r.to_dict() for r in results],
         ), indent=2))
         return 0

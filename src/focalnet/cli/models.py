@@ -27,6 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("verify", help="check a file's tensors and outputs against the record it was written with")
+    p.add_argument("checkpoint", help="a file or folder written by focalnet (any layout), or hf-hub:ORG/REPO")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("push", help="publish a model to the Hugging Face hub (transformers' and timm's files, model card)")
+    p.add_argument("source", help="a training run's folder (focalnet train --output) or a checkpoint in any layout")
+    p.add_argument("repo_id", help="the hub repo, ORG/NAME (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--folder", default=None, metavar="DIR",
+                   help="only write what would be uploaded into DIR (no upload; check it, then push)")
+    p.set_defaults(func=cmd_push)
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     from ..registry import get_spec, list_models
@@ -64,10 +77,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..checkpoints import read_checkpoint
     from ..factory import resolve_variant
 
+    from ..registry import describe_arch
+
     ckpt = read_checkpoint(args.checkpoint)
     variant, arch = resolve_variant(ckpt)
     info = dict(
-        path=str(args.checkpoint), format=ckpt.source_format, variant=variant, family=ckpt.family,
+        path=str(args.checkpoint), format=ckpt.source_format, variant=variant,
+        # a resized model is not the variant it was built from: "custom, from VARIANT: what differs"
+        architecture=describe_arch(arch, variant), family=ckpt.family,
         num_classes=ckpt.num_classes, in_chans=ckpt.in_chans, num_params=ckpt.num_params,
         class_names=(ckpt.class_names[:5] + ["..."]) if ckpt.class_names and len(ckpt.class_names) > 5 else ckpt.class_names,
         arch=arch,
@@ -77,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"checkpoint   {info['path']}")
     print(f"format       {info['format']}")
-    print(f"variant      {variant or 'custom (no registered variant has these shapes)'}")
+    print(f"architecture {info['architecture']}")
     print(f"family       {ckpt.family}")
     print(f"classes      {ckpt.num_classes}" + (" (authors' reordered ImageNet-22K)" if ckpt.num_classes == 21842 else ""))
     print(f"in_chans     {ckpt.in_chans}")
@@ -91,10 +108,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..checkpoints import read_checkpoint, write_checkpoint
     from ..factory import resolve_variant
     from ..registry import get_spec
+    from ..utils import check_output
 
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
+    # before reading anything: an existing output needs --force, and a file never replaces a folder (or back)
+    folder = args.to == "hf" or (args.to == "timm" and out.suffix not in (".safetensors", ".pth", ".pt", ".bin"))
+    try:
+        check_output(out, kind="folder" if folder else "file", overwrite=args.force)
+    except FileExistsError:
+        raise UserError(f"{out} exists; pass --force to overwrite it") from None
     if out.resolve() == Path(args.input).resolve():
         raise UserError("the output would overwrite the input; choose another output path")
     ckpt = read_checkpoint(args.input)
@@ -106,4 +128,46 @@ def cmd_convert(args: argparse.Namespace) -> int:
     write_checkpoint(ckpt.state_dict, arch, out, fmt=args.to, variant=variant, class_names=ckpt.class_names,
                      preprocessing=ckpt.preprocessing if args.to == "focalnet" else None)
     print(f"wrote {out} ({args.to} layout, {variant or 'custom architecture'}, {ckpt.num_classes} classes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..factory import verify
+
+    v = verify(args.checkpoint)
+    if args.json:
+        print(json.dumps(v.to_dict(), indent=2))
+        return 0 if v.ok else 1
+
+    def said(ok, yes: str, no: str) -> str:
+        return "not checked (no record)" if ok is None else (yes if ok else no)
+
+    print(f"checkpoint   {v.path}")
+    print(f"fingerprint  {v.fingerprint}")
+    if v.release:
+        print(f"release      {v.release} (sha256 matches the registry)")
+    print(f"tensors      {said(v.fingerprint_ok, 'as written', 'CHANGED since written')}")
+    if v.flags_ok is not None:
+        print(f"flags        {'config and record agree' if v.flags_ok else 'config and record DISAGREE'}")
+    diff = f" (max |diff| {v.max_abs_diff:.2e})" if v.max_abs_diff is not None else ""
+    print(f"outputs      {said(v.outputs_ok, 'this library reproduces them', 'this library does NOT reproduce them')}{diff}")
+    for line in v.diagnosis:
+        print(f"  - {line}")
+    print("OK: file, flags and library agree" if v.ok and v.has_record else ("MISMATCH" if not v.ok else "no record to check"))
+    return 0 if v.ok else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .. import load_model
+    from ..hub import build_hub_folder, push_to_hub
+
+    source = Path(args.source)
+    run_dir = source if (source / "summary.json").exists() and (source / "model.safetensors").exists() else None
+    model = load_model(source / "model.safetensors" if run_dir else args.source)
+    if args.folder:
+        out = build_hub_folder(model, args.folder, run_dir=run_dir, repo_id=args.repo_id)
+        print(f"wrote {out} (not uploaded): " + ", ".join(sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())))
+        return 0
+    url = push_to_hub(model, args.repo_id, run_dir=run_dir, private=args.private)
+    print(f"pushed to https://huggingface.co/{args.repo_id} ({url})")
     return 0

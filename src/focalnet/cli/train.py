@@ -13,7 +13,7 @@ import json
 import typing
 from typing import Any
 
-from . import UserError
+from . import HelpFormatter, UserError
 
 
 def _parse_kv(items: list[str]) -> dict:
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train or fine-tune a FocalNet. Writes config.yaml, metrics.jsonl, summary.json, curves.png, "
         "confusion.png, model.safetensors and checkpoints/ into --output. Example: focalnet train --data fashion-mnist "
         "--arch embed_dim=32 depths=[2,2,2] patch_size=2 --time-budget 600 --output runs/fmnist",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-c", "--config", default=None, help="YAML file whose keys are these flags (dashes or underscores)")
     types = config_field_types()
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="top-1/top-5 and per-class accuracy of a checkpoint (any layout) on a data set, with its confusion matrix",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="a checkpoint in any supported layout, or a training run's checkpoints/*.pth")
     p.add_argument("--data", required=True, help="'fashion-mnist', 'digits', or a folder with val/CLASS/*.jpg (and train/)")
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="report.md and modulation pictures of test images for a finished training run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run", help="the output folder of `focalnet train`")
     p.add_argument("--pictures", type=int, default=4, help="test images to picture, one per class (0: none)")

@@ -63,6 +63,30 @@ def _check_plain(value: Any, where: str) -> None:
     raise CheckpointError(f"{where} is a {type(value).__name__}, not a plain value (None, bool, number, str, list, dict)")
 
 
+def _check_fields(obj: dict, path: Path) -> None:
+    """Types of a dense checkpoint's fields (a crafted file gets a message naming the key, not a TypeError)."""
+    import torch
+
+    for key in ("task", "builder"):
+        if not isinstance(obj[key], str):
+            raise CheckpointError(f"{path}: '{key}' must be a name (a string), got {type(obj[key]).__name__}")
+    args = obj["builder_args"]
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{path}: 'builder_args' must be a dict of plain values, got {type(args).__name__}")
+    try:
+        _check_plain(args, "builder_args")
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    names = obj["class_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: 'class_names' must be a list of strings")
+    if "num_classes" in args and len(names) != args["num_classes"]:
+        raise CheckpointError(f"{path}: {len(names)} class names for num_classes={args['num_classes']!r} (background included)")
+    model = obj["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise CheckpointError(f"{path}: 'model' must be a state dict (names to tensors)")
+
+
 class DenseCheckpoint(dict):
     """A read dense checkpoint (the dict above), validated."""
 
@@ -138,12 +162,16 @@ def read_dense_checkpoint(path: PathLike) -> DenseCheckpoint:
                 "(focalnet.dense.detection / segmentation), then train and save with save_dense_checkpoint"
             )
         raise CheckpointError(f"{path} is not a focalnet detection/segmentation checkpoint (format {DENSE_FORMAT!r}).{hint}")
-    if obj.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {obj['format_version']}; this focalnet reads up to {FORMAT_VERSION}: upgrade focalnet")
+    version = obj.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: 'format_version' must be a whole number, got {version!r}; the file is damaged")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version}; this focalnet reads up to {FORMAT_VERSION}: upgrade focalnet")
     builders = _builders()
     missing = [k for k in ("task", "builder", "builder_args", "class_names", "model") if k not in obj]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    _check_fields(obj, path)
     if obj["builder"] not in builders:
         raise CheckpointError(f"{path}: unknown builder {obj['builder']!r}; known: {', '.join(sorted(builders))}")
     if builders[obj["builder"]][0] != obj["task"]:
@@ -154,25 +182,38 @@ def read_dense_checkpoint(path: PathLike) -> DenseCheckpoint:
 def build_dense_model(builder: str, builder_args: dict) -> nn.Module:
     """The architecture a checkpoint describes, with fresh weights (no pretrained backbone is read)."""
     builders = _builders()
-    if builder not in builders:
+    if not isinstance(builder, str) or builder not in builders:
         raise CheckpointError(f"unknown builder {builder!r}; known: {', '.join(sorted(builders))}")
     args = dict(builder_args)
     args.pop("pretrained_backbone", None)
     try:
         return builders[builder][1](**args)
-    except TypeError as e:
-        raise CheckpointError(f"the checkpoint's builder_args do not fit {builder}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:  # the file's values, not our code
+        raise CheckpointError(f"the checkpoint's builder_args do not fit {builder}: {type(e).__name__}: {e}") from None
+
+
+def _check_weights(model: nn.Module, sd: dict, path: Path, builder: str) -> None:
+    """One line naming the first few missing, unexpected and mis-shaped tensors (torch's message lists all)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shaped = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    parts = [f"{len(v)} {label} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+             for label, v in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)) if v]
+    if parts:
+        raise CheckpointError(f"{path}: the weights do not fit {builder}: {'; '.join(parts)}; the file is damaged or "
+                              "was written by another version")
 
 
 def load_dense_model(path: PathLike) -> tuple[nn.Module, DenseCheckpoint]:
     """(model in eval mode with the checkpoint's weights, the checkpoint without its tensors)."""
+    import torch
+
     ckpt = read_dense_checkpoint(path)
+    with torch.device("meta"):  # names and shapes checked before a weight is allocated (builder_args may lie)
+        _check_weights(build_dense_model(ckpt["builder"], ckpt["builder_args"]), ckpt["model"], path, ckpt["builder"])
     model = build_dense_model(ckpt["builder"], ckpt["builder_args"])
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: the weights do not fit {ckpt['builder']}: {' '.join(first[:3])}") from None
+    model.load_state_dict(ckpt["model"], strict=True)
     model.class_names = ckpt.class_names
     info = DenseCheckpoint({k: v for k, v in ckpt.items() if k != "model"})
     return model.eval(), info

@@ -1,12 +1,19 @@
 """Side-by-side speed of FocalNet implementations: inference (batch-1 latency, batch-N throughput) and training
 steps (throughput and peak memory), on CPU or CUDA, in float32 or bf16/fp16 autocast, eager or compiled.
 
-Fair comparisons, because timings on a shared 2-core machine drift by several percent within minutes:
-- every implementation is built in the same process and measured interleaved (A B C A B C ...) after warm-up,
-  so drift and a noisy neighbour hit them all alike; medians and min-max are reported, and ratios to timm's
-  FocalNet of the same variant;
-- the allocator setting (glibc's MALLOC_* variables, an LD_PRELOADed jemalloc/tcmalloc) and the thread count
-  are part of every result: on these machines glibc's page faults alone cost about a quarter of the time;
+Steady state, fairly compared, because timings on a shared 2-core machine drift by several percent within minutes
+and because a big model's first call after another model ran finds cold caches:
+- every implementation is built in the same process and timed in blocks of consecutive calls, the blocks
+  interleaved (A A A B B B A A A B B B ...): drift and a noisy neighbour hit them all alike, and each block
+  starts with one re-warming call whose time is kept apart ("cold": the first call after another model ran,
+  reported only when asked, labelled) so that the figures are warm, steady-state calls;
+- compiled variants (`ours-compiled`, `timm-compiled`, ...) run beside the eager ones in the same run:
+  torch.compile with inductor, `dynamic=False`, `fullgraph=True` for our models (no graph break allowed), and
+  for inference inductor's `freezing` (weights as constants: conv + GELU and conv + add fused into oneDNN
+  kernels, weights pre-packed) unless turned off; the first call, compilation included, is reported;
+- the CPU model, its ISA extensions (AVX2, AVX-512, AVX512-BF16, AMX), the allocator setting (glibc's MALLOC_*
+  variables, a jemalloc/tcmalloc preloaded or linked) and the thread count are part of every result: on these
+  machines glibc's page faults alone cost about a quarter of the time;
 - on CUDA every timed call is bracketed by `torch.cuda.synchronize()`, and the fraction of the device's peak
   FLOP/s is reported (FLOPs measured by PyTorch's FlopCounterMode, 2 per multiply-add; training = 3 x forward);
 - peak training memory on CPU is the resident-set high-water mark (getrusage ru_maxrss) of a fresh subprocess
@@ -14,8 +21,8 @@ Fair comparisons, because timings on a shared 2-core machine drift by several pe
   the number is what the steps added, including the allocator's retained pages. On CUDA it is
   torch.cuda.max_memory_allocated above the allocation before the first step.
 
-The CUDA paths (synchronisation, peak FLOP/s table, fp16/bf16 autocast on CUDA) are written to be correct but
-were not run on a GPU in this project's CI: see docs/speed.md.
+A run with compiled variants resets dynamo's caches first (`torch._dynamo.reset()`): the benchmark owns its
+process. The CUDA paths are written to be correct; see docs/speed.md for where they were run.
 """
 from __future__ import annotations
 
@@ -39,12 +46,19 @@ from ..errors import FocalNetError
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "COMPILED_SUFFIX",
     "BenchResult",
     "build_implementation",
+    "split_variant",
+    "block_schedule",
+    "time_in_blocks",
     "run_inference",
     "run_training",
     "peak_training_memory",
     "machine_state",
+    "machine_line",
+    "cpu_isa",
+    "allocator_setting",
     "format_table",
     "device_peak_flops",
 ]
@@ -56,6 +70,12 @@ class BenchError(FocalNetError, ValueError):
 # what --compare runs, in this order; "timm" is the reference of every ratio
 IMPLEMENTATIONS = ("ours", "ours-fused", "timm", "hf", "swin_t", "convnext_t")
 REFERENCE = "timm"
+# "ours-compiled", "timm-compiled", ...: the implementation through torch.compile (inductor)
+COMPILED_SUFFIX = "-compiled"
+# our models must compile without a graph break; the peers are compiled as their users would (breaks allowed)
+FULLGRAPH = frozenset({"ours", "ours-fused"})
+# the CPU features a float32 / bf16 timing depends on, as /proc/cpuinfo names them
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Dense (no sparsity) peak FLOP/s by device name fragment and dtype, from the vendors' data sheets.
@@ -80,30 +100,67 @@ def device_peak_flops(device: torch.device, dtype: str) -> Optional[float]:
     return None
 
 
-def machine_state() -> dict:
-    """What a timing depends on besides the code: threads, allocator, CPU, library versions."""
-    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("LD_PRELOAD",)}
-    cpu = platform.processor() or platform.machine()
+def _read(path: str) -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        with open(path) as f:
+            return f.read()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_isa(cpuinfo: str) -> tuple[str, list[str]]:
+    """(CPU model name, the ISA_FLAGS it has) from the text of /proc/cpuinfo ('' and [] where unknown)."""
+    name, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return name, [f for f in ISA_FLAGS if f in flags]
+
+
+def allocator_setting(environ: dict, maps: str) -> str:
+    """What serves malloc, from the environment and the text of /proc/self/maps: glibc's MALLOC_* tunables, an
+    LD_PRELOAD, and a jemalloc or tcmalloc mapped into the process (preloaded or linked in)."""
+    parts = [f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    if environ.get("LD_PRELOAD"):
+        parts.append(f"LD_PRELOAD={environ['LD_PRELOAD']}")
+    mapped = sorted({lib for lib in ("jemalloc", "tcmalloc") if f"lib{lib}" in maps})
+    if mapped:
+        parts.append(f"{' and '.join(mapped)} in the process")
+    return ", ".join(parts) if parts else "glibc malloc, default settings"
+
+
+def machine_state() -> dict:
+    """What a timing depends on besides the code: CPU and ISA, threads, allocator, library versions."""
+    name, isa = cpu_isa(_read("/proc/cpuinfo"))
     state = dict(
         torch=torch.__version__,
         threads=torch.get_num_threads(),
-        cpu=cpu,
+        cpu=name or platform.processor() or platform.machine(),
+        isa=isa,
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         onednn_bf16=bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
-        allocator=malloc or "glibc malloc, default settings",
+        allocator=allocator_setting(dict(os.environ), _read("/proc/self/maps")),
         python=platform.python_version(),
     )
     if torch.cuda.is_available():
         state["cuda_device"] = torch.cuda.get_device_name()
     return state
+
+
+def machine_line(state: dict) -> str:
+    """One line naming the machine a figure comes from: printed beside every table."""
+    missing = [f for f in ISA_FLAGS if f not in state.get("isa", [])]
+    isa = " ".join(state.get("isa", [])) or "none of " + " ".join(ISA_FLAGS)
+    line = (f"{state['cpu']} [{isa}{'; no ' + ' '.join(missing) if missing and state.get('isa') else ''}; "
+            f"torch CPU capability {state['cpu_capability']}], torch {state['torch']}, {state['threads']} threads, "
+            f"allocator: {state['allocator']}")
+    if state.get("cuda_device"):
+        line += f", GPU: {state['cuda_device']}"
+    return line
 
 
 @dataclass
@@ -119,6 +176,19 @@ class BenchResult:
     flops_per_img: Optional[float] = None  # forward FLOPs, 2 per multiply-add
     peak_bytes: Optional[int] = None
     note: str = ""
+    first_call_s: Optional[float] = None  # the first call (with compilation, for a compiled variant)
+    cold_times_s: list[float] = field(default_factory=list)  # the first call of each block: caches cold
+
+    @property
+    def label(self) -> str:
+        return self.impl + (COMPILED_SUFFIX if self.compiled else "")
+
+    @property
+    def compile_s(self) -> Optional[float]:
+        """Compilation time: the first call less a steady-state call (None for an eager variant)."""
+        if not self.compiled or self.first_call_s is None or not self.times_s:
+            return None
+        return max(0.0, self.first_call_s - statistics.median(self.times_s))
 
     @property
     def throughputs(self) -> list[float]:
@@ -130,7 +200,8 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(median_img_s=self.median, median_ms=statistics.median(self.times_s) * 1e3 if self.times_s else None)
+        d.update(label=self.label, median_img_s=self.median, compile_s=self.compile_s,
+                 median_ms=statistics.median(self.times_s) * 1e3 if self.times_s else None)
         return d
 
 
@@ -229,25 +300,68 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
-def _interleaved(
-    calls: dict[str, Callable[[], Any]], device: torch.device, warmup: int, rounds: int, on_round: Optional[Callable] = None
-) -> dict[str, list[float]]:
-    """Warm every call up, then time them round-robin, `rounds` times each."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
+def block_schedule(keys: Sequence[str], *, rounds: int, block: int) -> list[tuple[str, int]]:
+    """The order of a timed run: [(key, timed calls)], blocks of up to `block` consecutive calls per key, the keys
+    taking turns (A A A B B B A A A B B B ...) until each has `rounds` timed calls."""
+    if rounds < 1 or block < 1:
+        raise BenchError(f"rounds and block must be at least 1, got {rounds} and {block}")
+    out, done = [], 0
+    while done < rounds:
+        n = min(block, rounds - done)
+        out += [(k, n) for k in keys]
+        done += n
+    return out
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for r in range(rounds):
-        for key, fn in calls.items():
-            _sync(device)
-            t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def time_in_blocks(
+    calls: dict[str, Callable[[], Any]], device: torch.device, *, warmup: int, rounds: int, block: int,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, dict]:
+    """Steady-state times of each call: {key: dict(first=s, times=[s], cold=[s])}.
+
+    Each call is run `warmup` times first (the first of them timed: compilation happens there), then
+    `block_schedule`: each block begins with one re-warming call, kept apart in `cold` (the first call after
+    another implementation ran), and `times` holds the rest, consecutive calls at steady state."""
+    out: dict[str, dict] = {}
+    for key, fn in calls.items():
+        first = _timed(fn, device)
+        for _ in range(max(warmup - 1, 0)):
             fn()
-            _sync(device)
-            times[key].append(time.perf_counter() - t0)
-        if on_round is not None:
-            on_round(r)
-    return times
+        out[key] = dict(first=first, times=[], cold=[])
+        log(f"  {key}: first call {first:.2f} s")
+    for key, n in block_schedule(list(calls), rounds=rounds, block=block):
+        fn = calls[key]
+        out[key]["cold"].append(_timed(fn, device))
+        out[key]["times"] += [_timed(fn, device) for _ in range(n)]
+    return out
+
+
+def split_variant(name: str) -> tuple[str, bool]:
+    """'timm-compiled' -> ('timm', True), 'ours' -> ('ours', False); unknown names are a BenchError."""
+    base, compiled = (name[: -len(COMPILED_SUFFIX)], True) if name.endswith(COMPILED_SUFFIX) else (name, False)
+    if base not in IMPLEMENTATIONS:
+        known = ", ".join(IMPLEMENTATIONS)
+        raise BenchError(f"unknown implementation {name!r}; choose from {known}, each also as NAME{COMPILED_SUFFIX}")
+    return base, compiled
+
+
+def _compiled(impl: str, fn: Callable) -> Callable:
+    # static shapes: each batch size gets its own graph, never a dynamic-shape one made on the second size
+    return torch.compile(fn, fullgraph=impl in FULLGRAPH, dynamic=False)
+
+
+def _reset_if_compiling(variants: Sequence[str]) -> None:
+    # every variant compiles afresh (compile time measured, recompile limits not reached by earlier runs)
+    if any(split_variant(v)[1] for v in variants):
+        torch._dynamo.reset()
 
 
 def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -255,6 +369,30 @@ def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _variants(impls: Sequence[str], compile: bool) -> list[str]:
+    """The variants to run: `compile` makes every eager one compiled (a '-compiled' name already is)."""
+    out = []
+    for name in impls:
+        _, compiled = split_variant(name)
+        out.append(name + COMPILED_SUFFIX if compile and not compiled else name)
+    return out
+
+
+def _freezing(enabled: bool):
+    # inductor's freezing treats the weights as constants (inference only): convolution + GELU / + add are then
+    # fused into oneDNN kernels with pre-packed weights, what a deployment compiles with
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=enabled)
+
+
+def _fill(results: dict[str, BenchResult], timed: dict[str, dict]) -> list[BenchResult]:
+    for key, t in timed.items():
+        r = results[key]
+        r.first_call_s, r.times_s, r.cold_times_s = t["first"], t["times"], t["cold"]
+    return list(results.values())
 
 
 def run_inference(
@@ -266,39 +404,45 @@ def run_inference(
     dtype: str = "float32",
     device: str = "cpu",
     compile: bool = False,
+    freezing: bool = True,
     channels_last: bool = False,
     warmup: int = 3,
     rounds: int = 10,
+    block: int = 5,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[BenchResult]:
-    """Inference throughput of each implementation, measured interleaved in this process."""
+    """Inference throughput of each implementation ('ours', 'timm-compiled', ...; `compile`: all compiled), in
+    blocks of consecutive calls interleaved between implementations (`time_in_blocks`), in this process."""
     dev = torch.device(device)
     x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    variants = _variants(impls, compile)
+    _reset_if_compiling(variants)
     calls, results = {}, {}
-    for impl in impls:
+    for name in variants:
+        impl, compiled = split_variant(name)
         try:
             module, fn = build_implementation(impl, variant=variant, img_size=img_size)
         except (ValueError, ImportError) as e:
-            log(f"skipping {impl}: {e}")
+            log(f"skipping {name}: {e}")
             continue
         module = _prepare(module.eval(), dev, channels_last)
         flops = _forward_flops(module, fn, x) if impl != "ours-fused" else _unfused_flops(variant, x)
-        if compile:
-            fn = torch.compile(fn)
-        results[impl] = BenchResult(impl, "infer", batch_size, img_size, dtype, device, compile, flops_per_img=flops)
+        note = ("inductor, freezing" if freezing else "inductor, no freezing") if compiled else ""
+        if compiled:
+            fn = _compiled(impl, fn)
+        results[name] = BenchResult(impl, "infer", batch_size, img_size, dtype, device, compiled, flops_per_img=flops,
+                                    note=note)
 
-        def call(fn=fn):
-            with torch.inference_mode(), _autocast(dev, dtype):
+        def call(fn=fn, frozen=compiled and freezing):
+            with torch.inference_mode(), _autocast(dev, dtype), _freezing(frozen):
                 return fn(x)
 
-        calls[impl] = call
-    log(f"warm-up ({warmup} calls each{', compiling' if compile else ''}), then {rounds} interleaved rounds")
-    times = _interleaved(calls, dev, warmup, rounds)
-    for impl, t in times.items():
-        results[impl].times_s = t
-    return list(results.values())
+        calls[name] = call
+    log(f"batch {batch_size}: {warmup} warm-up calls each (compiling where asked), then {rounds} timed calls each "
+        f"in blocks of {block}")
+    return _fill(results, time_in_blocks(calls, dev, warmup=warmup, rounds=rounds, block=block, log=log))
 
 
 def _train_step_fn(module: nn.Module, fn: Callable, x: torch.Tensor, y: torch.Tensor, dev: torch.device, dtype: str):
@@ -316,20 +460,21 @@ def _train_step_fn(module: nn.Module, fn: Callable, x: torch.Tensor, y: torch.Te
     return step
 
 
-def _make_train(impl: str, *, variant: str, img_size: int, batch_size: int, dev: torch.device, dtype: str,
-                compile: bool, channels_last: bool, recompute: bool):
+def _make_train(name: str, *, variant: str, img_size: int, batch_size: int, dev: torch.device, dtype: str,
+                channels_last: bool, recompute: bool):
+    """(module, eager forward, batch, one training step) of the variant `name` (compiled if it says so)."""
+    impl, compiled = split_variant(name)
     module, fn = build_implementation(impl, variant=variant, img_size=img_size, training=True)
     module = _prepare(module.train(), dev, channels_last)
     if impl == "ours" and recompute:
         module.set_activation_recompute(True)
-    if compile:
-        fn = torch.compile(fn)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, img_size, img_size, generator=g).to(dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch_size,), generator=g).to(dev)
-    return module, fn, x, _train_step_fn(module, fn, x, y, dev, dtype)
+    step_fn = _compiled(impl, fn) if compiled else fn
+    return module, fn, x, _train_step_fn(module, step_fn, x, y, dev, dtype)
 
 
 def run_training(
@@ -345,32 +490,33 @@ def run_training(
     recompute: bool = True,
     warmup: int = 2,
     rounds: int = 5,
+    block: int = 3,
     log: Callable[[str], None] = lambda s: None,
 ) -> list[BenchResult]:
-    """Training-step throughput (forward, backward, AdamW step), interleaved in this process.
+    """Training-step throughput (forward, backward, AdamW step), timed like `run_inference`, in this process.
 
-    `recompute`: our model runs with `set_activation_recompute(True)` (its training default in the benchmark,
-    reported in the result's note)."""
+    `recompute`: our model runs with `set_activation_recompute(True)` (reported in the result's note). A compiled
+    variant compiles forward and backward (AOT autograd); the optimizer step stays eager."""
     dev = torch.device(device)
+    variants = _variants(impls, compile)
+    _reset_if_compiling(variants)
     calls, results = {}, {}
-    for impl in impls:
+    for name in variants:
+        impl, compiled = split_variant(name)
         try:
-            module, fn, x, step = _make_train(impl, variant=variant, img_size=img_size, batch_size=batch_size, dev=dev,
-                                              dtype=dtype, compile=compile, channels_last=channels_last,
-                                              recompute=recompute)
+            module, fn, x, step = _make_train(name, variant=variant, img_size=img_size, batch_size=batch_size,
+                                              dev=dev, dtype=dtype, channels_last=channels_last, recompute=recompute)
         except (ValueError, ImportError) as e:
-            log(f"skipping {impl}: {e}")
+            log(f"skipping {name}: {e}")
             continue
-        flops = _forward_flops(module, fn, x)
+        flops = _forward_flops(module, fn, x)  # the eager forward: counting must not trigger a compilation
         note = "activation recompute" if impl == "ours" and recompute else ""
-        results[impl] = BenchResult(impl, "train", batch_size, img_size, dtype, device, compile,
+        results[name] = BenchResult(impl, "train", batch_size, img_size, dtype, device, compiled,
                                     flops_per_img=None if flops is None else 3 * flops, note=note)
-        calls[impl] = step
-    log(f"warm-up ({warmup} steps each), then {rounds} interleaved rounds")
-    times = _interleaved(calls, dev, warmup, rounds)
-    for impl, t in times.items():
-        results[impl].times_s = t
-    return list(results.values())
+        calls[name] = step
+    log(f"training, batch {batch_size}: {warmup} warm-up steps each, then {rounds} timed steps each in blocks of "
+        f"{block}")
+    return _fill(results, time_in_blocks(calls, dev, warmup=warmup, rounds=rounds, block=block, log=log))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -381,26 +527,51 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) to the current resident set; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_bytes() -> int:
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def _peak_child(cfg: dict) -> dict:
+    """Peak memory of `steps` training steps above the memory held before the first step (model, AdamW, batch).
+    One step runs first, its peak left out (the high-water mark is reset after it), so that a compiled variant's
+    compilation is not counted as training memory; what that step leaves allocated (AdamW's state, the allocator's
+    retained pages) is."""
     torch.set_num_threads(cfg["threads"])
     dev = torch.device(cfg["device"])
-    module, fn, x, step = _make_train(cfg["impl"], variant=cfg["variant"], img_size=cfg["img_size"],
-                                      batch_size=cfg["batch_size"], dev=dev, dtype=cfg["dtype"], compile=cfg["compile"],
+    name = cfg["impl"] + (COMPILED_SUFFIX if cfg["compile"] and not split_variant(cfg["impl"])[1] else "")
+    module, fn, x, step = _make_train(name, variant=cfg["variant"], img_size=cfg["img_size"],
+                                      batch_size=cfg["batch_size"], dev=dev, dtype=cfg["dtype"],
                                       channels_last=cfg["channels_last"], recompute=cfg["recompute"])
-    if dev.type == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev) if cuda else _rss_bytes()
+    step()
+    if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
+        reset = True
     else:
-        base = _rss_bytes()
+        reset = _reset_rss_peak()
     for _ in range(cfg["steps"]):
         step()
-    if dev.type == "cuda":
+    if cuda:
         torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return dict(peak_bytes=int(peak - base), baseline_bytes=int(base))
+    peak = torch.cuda.max_memory_allocated(dev) if cuda else _rss_peak_bytes()
+    return dict(peak_bytes=int(peak - base), baseline_bytes=int(base), first_step_excluded=reset)
 
 
 def peak_training_memory(
@@ -417,7 +588,8 @@ def peak_training_memory(
     steps: int = 2,
     timeout: float = 1800,
 ) -> int:
-    """Bytes that `steps` training steps add to a fresh process (see the module docstring for how)."""
+    """Bytes that `steps` training steps add to a fresh process, after one step whose own peak is left out (see
+    `_peak_child`, and the module docstring)."""
     cfg = dict(impl=impl, variant=variant, batch_size=batch_size, img_size=img_size, dtype=dtype, device=device,
                compile=compile, channels_last=channels_last, recompute=recompute, steps=steps,
                threads=torch.get_num_threads())
@@ -441,28 +613,57 @@ def _pythonpath() -> str:
 # ----------------------------------------------------------------------------------------------------------
 # reporting
 # ----------------------------------------------------------------------------------------------------------
-def format_table(results: Sequence[BenchResult]) -> str:
-    """Medians, min-max and ratios to timm's FocalNet of the same mode, batch and dtype."""
-    ref = {}
+def _median_throughput(r: BenchResult, cold: bool) -> float:
+    times = r.cold_times_s if cold else r.times_s
+    return statistics.median([r.batch_size / t for t in times]) if times else float("nan")
+
+
+def _references(results: Sequence[BenchResult], cold: bool) -> dict:
+    """timm's FocalNet median per (mode, batch, px, dtype, compiled): the denominator of every ratio (cold rows are
+    compared with timm's cold calls)."""
+    return {(r.mode, r.batch_size, r.img_size, r.dtype, r.compiled): _median_throughput(r, cold)
+            for r in results if r.impl == REFERENCE}
+
+
+def _ratio(value: float, ref: Optional[float]) -> str:
+    return f"{value / ref:.2f}" if ref else "-"
+
+
+def _row(r: BenchResult, refs: dict, *, cold: bool = False) -> str:
+    key = (r.mode, r.batch_size, r.img_size, r.dtype)
+    times = r.cold_times_s if cold else r.times_s
+    thr = [r.batch_size / t for t in times]
+    med = _median_throughput(r, cold)
+    gflops = f"{r.flops_per_img * med / 1e9:.0f}" if r.flops_per_img else "-"
+    peak = device_peak_flops(torch.device(r.device), r.dtype)
+    frac = f"{100 * r.flops_per_img * med / peak:.1f}" if (peak and r.flops_per_img) else "-"
+    mem = f"{r.peak_bytes / 1e9:.2f} GB" if r.peak_bytes is not None else "-"
+    ms = statistics.median(times) * 1e3 if times else float("nan")
+    comp = f"{r.compile_s:.1f}" if r.compile_s is not None else "-"
+    rng = f"{min(thr):.2f}-{max(thr):.2f}" if thr else "-"
+    label = r.label + (" [cold]" if cold else "")
+    return (f"{label:<22} {r.mode:<5} {r.batch_size:>5} {r.img_size:>4} {r.dtype:<8} {med:>8.2f} {rng:>13} {ms:>8.1f} "
+            f"{_ratio(med, refs.get(key + (r.compiled,))):>7} {_ratio(med, refs.get(key + (False,))):>8} {comp:>9} "
+            f"{gflops:>7} {frac:>6} {mem:>9}  {r.note}")
+
+
+def format_table(results: Sequence[BenchResult], *, machine: Optional[dict] = None, cold: bool = False) -> str:
+    """Medians, min-max and ratios to timm's FocalNet of the same mode, batch, size and dtype: `x timm` against
+    timm of the same kind (eager against eager, compiled against compiled), `x timm(e)` against timm eager.
+    `machine` (machine_state()) is named above the table; `cold` adds the first call of each block as its own
+    row, labelled [cold]."""
+    refs, cold_refs = _references(results, False), _references(results, True)
+    head = (f"{'implementation':<22} {'mode':<5} {'batch':>5} {'px':>4} {'dtype':<8} {'img/s':>8} {'min-max':>13} "
+            f"{'ms/call':>8} {'x timm':>7} {'x timm(e)':>8} {'compile s':>9} {'GFLOP/s':>7} {'%peak':>6} "
+            f"{'peak mem':>9}  note")
+    lines = [f"machine: {machine_line(machine)}"] if machine else []
+    lines += [head, "-" * len(head)]
     for r in results:
-        if r.impl == REFERENCE:
-            ref[(r.mode, r.batch_size, r.img_size)] = r.median
-    head = f"{'impl':<12} {'mode':<5} {'batch':>5} {'px':>4} {'dtype':<8} {'img/s':>8} {'min-max':>13} {'ms/call':>8} {'x timm':>7} {'GFLOP/s':>8} {'%peak':>6} {'peak mem':>9}  note"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        base = ref.get((r.mode, r.batch_size, r.img_size))
-        thr = r.throughputs
-        ratio = f"{r.median / base:.2f}" if base else "-"
-        gflops = f"{r.flops_per_img * r.median / 1e9:.0f}" if r.flops_per_img else "-"
-        peak = device_peak_flops(torch.device(r.device), r.dtype)
-        frac = f"{100 * r.flops_per_img * r.median / peak:.1f}" if (peak and r.flops_per_img) else "-"
-        mem = f"{r.peak_bytes / 1e9:.2f} GB" if r.peak_bytes is not None else "-"
-        ms = statistics.median(r.times_s) * 1e3 if r.times_s else float("nan")
-        name = r.impl + (" (c)" if r.compiled else "")
-        lines.append(
-            f"{name:<12} {r.mode:<5} {r.batch_size:>5} {r.img_size:>4} {r.dtype:<8} {r.median:>8.2f} "
-            f"{min(thr):>6.2f}-{max(thr):<6.2f} {ms:>8.1f} {ratio:>7} {gflops:>8} {frac:>6} {mem:>9}  {r.note}"
-        )
+        lines.append(_row(r, refs))
+        if cold and r.cold_times_s:
+            lines.append(_row(r, cold_refs, cold=True))
+    lines.append("steady state: consecutive calls after one re-warming call per block (blocks interleaved between "
+                 "implementations)" + ("; [cold]: that first call, after another implementation ran" if cold else ""))
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..errors import FocalNetError
+from ..utils import check_output, output_error
 
 __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "ExportError", "DEFAULT_VERIFY_SIZES"]
 
@@ -52,9 +53,9 @@ def _output_name(model: nn.Module) -> str:
 
 
 def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (CLI: --force) or choose another path")
+    """Before any work: an existing output needs overwrite=True, a folder in a file's place is refused."""
+    for p in paths:
+        check_output(p, kind="file", overwrite=overwrite)
 
 
 def _move_into_place(tmp_dir: Path, out_dir: Path) -> list[Path]:
@@ -116,19 +117,23 @@ def export_onnx(
         raise ExportError(f"unknown ONNX exporter {exporter!r}; choose 'dynamo' or 'torchscript'")
     path = Path(path)
     _refuse_existing([path, path.with_name(path.name + ".data")], overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     # batch 2: torch.export specialises a dimension whose example size is 1
     x = _example(model, img_size, 2 if dynamic else 1)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp_dir = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         write = _onnx_dynamo if exporter == "dynamo" else _onnx_torchscript
         with torch.no_grad():
             write(model, x, tmp_dir / path.name, dynamic=dynamic, output_name=_output_name(model), opset=opset)
         _move_into_place(tmp_dir, path.parent)
+    except OSError as e:  # read-only folder, full disk, permission: one line naming the output
+        raise output_error(path, e) from None
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
         model.train(was_training)
     return path
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import describe_arch
 from .recorder import BlockSpec, ModulationRecord, ModulationRecorder, RecorderError, resolve_blocks
 
 __all__ = [
@@ -433,23 +434,42 @@ def write_pictures(
     last block of every stage). Existing files are refused unless `overwrite`. Before each forward the
     activation memory at that size is measured on the meta device and compared with free memory
     (InputTooLargeError names the image)."""
-    from ..images import load_image
-    from ..utils import atomic_json
-    from .complexity import meta_copy
-    from .predict import preprocessing_for, to_tensor
+    from ..images import check_image_side, load_image
+    from ..utils import check_output
+    from .predict import preprocessing_for
 
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
         images = [images]
     resolve_blocks(model, blocks)  # a wrong block fails before anything is read or written
     pre = preprocessing_for(model)
     out_dir = Path(out_dir)
+    check_output(out_dir, kind="folder", overwrite=True)  # a file named like the folder: one clear line, first
+    if img_size is not None:
+        check_image_side(img_size, "img_size")
     stems = _unique_stems(images, names)
     targets = [out_dir / f"{s}_modulation.png" for s in stems] + ([out_dir / "kernels.png"] if kernels else [])
     _refuse_existing(targets + [out_dir / "pictures.json"], overwrite)
 
     pil_images = [load_image(img, pre.mode) for img in images]  # read all first: a bad file fails fast
+    created = not out_dir.exists()
+    try:
+        return _write_all(model, images, pil_images, stems, out_dir, pre, blocks=blocks, img_size=img_size,
+                          panel=panel, kernels=kernels, title=title)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a full disk leaves no empty folder behind
+        raise
+
+
+def _write_all(model: nn.Module, images: Sequence[Any], pil_images: list, stems: list[str], out_dir: Path, pre: Any, *,
+               blocks: BlockSpec, img_size: Optional[int], panel: int, kernels: bool, title: Optional[str]) -> list[Path]:
+    """The pictures of `write_pictures`, written one by one (each atomically), then pictures.json."""
+    from ..utils import atomic_json
+    from .complexity import meta_copy
+    from .predict import to_tensor
+
     device = next(model.parameters()).device
-    model_name = title or getattr(model, "variant", None) or type(model).__name__
+    model_name = title or describe_arch(model)  # a resized model is "custom, from VARIANT: ..."
     meta_model = meta_copy(model)
     was_training = model.training
     model.eval()

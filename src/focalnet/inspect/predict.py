@@ -17,6 +17,7 @@ Class names, in this order:
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
@@ -25,13 +26,25 @@ import torch
 import torch.nn as nn
 
 from ..errors import FocalNetError
-from ..images import IMAGENET_MEAN, IMAGENET_STD, ImageLike, gray_stats, interpolation_mode, load_image
+from ..images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageLike,
+    ImageTooLargeError,
+    PreprocessingError,
+    check_image_side,
+    gray_stats,
+    interpolation_mode,
+    load_image,
+    max_image_side,
+)
 
 __all__ = [
     "PredictionError",
     "Preprocessing",
     "preprocessing_for",
     "to_tensor",
+    "check_resized",
     "eval_transform",
     "ClassNames",
     "class_names_for",
@@ -62,9 +75,33 @@ class Preprocessing:
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
 
+    def __post_init__(self) -> None:
+        # checked here, where every path meets (a checkpoint's metadata, model.preprocessing set by hand,
+        # --img-size): a NaN mean would print "nan%", a 100000 px size would fill the memory
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) != self.in_chans or not all(_finite(v) for v in values):
+                raise PreprocessingError(f"preprocessing {key} {list(values)!r}: {self.in_chans} finite number(s) needed")
+        if any(v <= 0 for v in self.std):
+            raise PreprocessingError(f"preprocessing std {list(self.std)!r} must be positive")
+        if not _finite(self.crop_pct) or not 0 < self.crop_pct <= 1:
+            raise PreprocessingError(f"preprocessing crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        check_image_side(self.img_size, "the input size (img_size)")
+        check_image_side(self.resize, f"the resize before the crop (img_size {self.img_size} / crop_pct {self.crop_pct})")
+        interpolation_mode(self.interpolation)
+
     @property
     def mode(self) -> str:
         return "L" if self.in_chans == 1 else "RGB"
+
+    @property
+    def resize(self) -> int:
+        """The shorter side before the center crop: the authors' int(224 / 0.875) = 256."""
+        return int(self.img_size / self.crop_pct)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Preprocessing:
@@ -109,13 +146,24 @@ def eval_transform(pre: Preprocessing):
     img_size, to tensor, normalise. Returns a torchvision transform: PIL image -> (C, H, W) float."""
     from torchvision import transforms as T
 
-    scale = int(pre.img_size / pre.crop_pct)  # the authors' int(224 / 0.875) = 256
     return T.Compose([
-        T.Resize(scale, interpolation=interpolation_mode(pre.interpolation)),
+        T.Resize(pre.resize, interpolation=interpolation_mode(pre.interpolation)),
         T.CenterCrop(pre.img_size),
         T.ToTensor(),
         T.Normalize(pre.mean, pre.std),
     ])
+
+
+def check_resized(img: "PIL.Image.Image", short_side: int, what: str) -> None:  # noqa: F821
+    """Refuse, before resizing, an image whose longer side would exceed the cap once its shorter side is
+    `short_side` (a 10 x 20000 px strip resized to 256 would be 512000 px long)."""
+    long_side = round(max(img.width, img.height) * short_side / max(1, min(img.width, img.height)))
+    cap = max_image_side()
+    if long_side > cap:
+        raise ImageTooLargeError(
+            f"{what} ({img.width}x{img.height} px) resized to a shorter side of {short_side} px would be {long_side} px "
+            f"long, above the limit of {cap} px; crop it closer to square first, or raise FOCALNET_MAX_IMAGE_SIDE"
+        )
 
 
 def to_tensor(img: "PIL.Image.Image", pre: Preprocessing, resize: Optional[int] = None) -> torch.Tensor:  # noqa: F821
@@ -123,6 +171,9 @@ def to_tensor(img: "PIL.Image.Image", pre: Preprocessing, resize: Optional[int] 
     `resize` scales the shorter side to that many pixels first."""
     from torchvision import transforms as T
 
+    if resize:
+        resize = check_image_side(resize, "the resize (img_size)")
+        check_resized(img, resize, "the image")
     ops = [T.Resize(int(resize), interpolation=interpolation_mode(pre.interpolation))] if resize else []
     ops += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
     return T.Compose(ops)(img)
@@ -214,12 +265,16 @@ def predict(
     names = class_names_for(model)
     topk = max(1, min(int(topk), len(names)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    tensors = [transform(load_image(img, pre.mode)) for img in images]
-    if tensors:
+    if images:  # the forward's memory, measured on the meta device, before any image is resized
         from .complexity import check_memory
 
-        check_memory(model, pre.img_size, batch_size=min(batch_size, len(tensors)), device=device,
-                     what=f"a batch of {min(batch_size, len(tensors))} image(s)")
+        check_memory(model, pre.img_size, batch_size=min(batch_size, len(images)), device=device,
+                     what=f"a batch of {min(batch_size, len(images))} image(s)")
+    tensors = []
+    for i, img in enumerate(images):
+        pil = load_image(img, pre.mode)
+        check_resized(pil, pre.resize, _name_of(img, i))
+        tensors.append(transform(pil))
     was_training = model.training
     model.eval()
     out: list[Prediction] = []
@@ -227,6 +282,11 @@ def predict(
         for start in range(0, len(tensors), batch_size):
             x = torch.stack(tensors[start : start + batch_size]).to(device)  # (B, C, img_size, img_size)
             probs = model(x).float().softmax(-1)
+            if not torch.isfinite(probs).all():
+                raise PredictionError(
+                    f"the model gives non-finite outputs (NaN or inf) for {_name_of(images[start], start)}: its "
+                    "weights hold NaN/inf (a diverged training?); use an earlier checkpoint"
+                )
             p, idx = probs.topk(topk, dim=-1)
             for j in range(x.shape[0]):
                 top = []

@@ -14,6 +14,7 @@ from ..utils import atomic_write, format_duration
 from .config import TrainingError
 
 __all__ = [
+    "display_name",
     "epoch_line",
     "write_metrics",
     "read_metrics",
@@ -28,6 +29,15 @@ __all__ = [
     "tensorboard_log",
     "try_count_macs",
 ]
+
+
+def display_name(name: object) -> str:
+    """A class name as text a plot, a table or a terminal can show: folder names that are not UTF-8 come
+    from os.listdir with surrogate escapes (b'caf\\xff' -> 'caf\\udcff'), which fonts and encoders refuse; they
+    are shown with U+FFFD where the byte was (the files keep the exact name)."""
+    text = str(name)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if any(
+        "\udc80" <= ch <= "\udcff" for ch in text) else text
 
 
 def epoch_line(r: dict, epochs: int) -> str:
@@ -134,6 +144,7 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def per_class_table(class_names: Sequence[str], per_class: Sequence[Optional[float]], confusion: Sequence[Sequence[int]]) -> str:
+    class_names = [display_name(c) for c in class_names]
     width = max(len("class"), *(len(str(c)) for c in class_names))
     rows = [f"{'class':<{width}}  {'top-1':>7}  {'images':>6}  most confused with"]
     for i, (name, acc) in enumerate(zip(class_names, per_class)):
@@ -193,6 +204,8 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     import numpy as np
 
     cm = np.asarray(confusion, dtype=np.int64)
+    class_names = [display_name(c) for c in class_names]
+    title = display_name(title)
     n = len(class_names)
     rows = cm.sum(1, keepdims=True)
     frac = np.divide(cm, np.maximum(rows, 1))
@@ -230,8 +243,8 @@ def write_confusion_csv(confusion: Sequence[Sequence[int]], class_names: Sequenc
     w.writerow(["true \\ predicted", *class_names])
     for name, row in zip(class_names, confusion):
         w.writerow([name, *row])
-    with atomic_write(path, "w") as f:
-        f.write(buf.getvalue())
+    with atomic_write(path) as f:  # the exact folder names, bytes that are not UTF-8 included
+        f.write(buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def tensorboard_writer(path: os.PathLike) -> Any:

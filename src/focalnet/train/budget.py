@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .build import build_optimizer
+from .optim import build_optimizer
 from .distributed import unwrap_model
 from .loop import autocast
 from .recipes import Recipe

@@ -1,29 +1,184 @@
-"""What a run builds from its configuration: the model, the optimizer, the learning-rate schedule, the loss
-and Mixup. Each is a function of the configuration or the recipe only, so a test can build one alone.
+"""What a run builds from its configuration: the input it feeds (channels, normalisation, size), the model,
+the loss and Mixup. Each is a function of the configuration, the recipe or the pretrained checkpoint only,
+so a test can build one alone. (The optimizer and the schedule: `focalnet.train.optim`.)
 
-    model = model_for_run(cfg, recipe, info)     # a registered variant resized by cfg.arch, or --pretrained
-    optimizer = build_optimizer(model, recipe, lr=scaled_lr(recipe.lr, global_batch))
+    inputs = input_plan(cfg, recipe, pretrained)     # channels, mean/std, size, crop of the data it feeds
+    model = model_for_run(cfg, recipe, info, pretrained)   # a registered variant resized by cfg.arch, or --pretrained
+    pre = run_preprocessing(info, recipe)           # what model.safetensors and checkpoints carry
 """
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 
-from ..checkpoints import read_checkpoint
+from ..checkpoints import Checkpoint, read_checkpoint
+from ..datasets import builtin_dataset
+from ..images import gray_stats
 from .config import TrainConfig, TrainingError
-from .recipes import Recipe, scaled_lr
+from .recipes import Recipe
 
 __all__ = [
+    "InputPlan",
+    "input_plan",
+    "folder_channels",
+    "pretrained_preprocessing",
+    "run_preprocessing",
+    "read_pretrained",
     "model_for_run",
     "fit_stage_lists",
     "check_classes",
-    "build_optimizer",
-    "build_scheduler",
     "build_criterion",
     "build_mixup",
 ]
+
+log = logging.getLogger("focalnet")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # palette images count as colour
+_PROBE_IMAGES = 64
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the run feeds the model: channels, normalisation, size (from the data and the pretrained weights)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InputPlan:
+    """How the run reads its images: the model's input channels, the normalisation (None: the data's own),
+    the recipe with img_size / crop_pct / interpolation filled in from the pretrained weights, and the notes
+    that say so (printed once each)."""
+
+    in_chans: Optional[int]
+    mean: Optional[tuple]
+    std: Optional[tuple]
+    recipe: Recipe
+    notes: list = field(default_factory=list)
+    num_train: int = 0  # training images (counted up to SMALL_DATA_IMAGES: enough to size a fine-tune)
+
+
+def read_pretrained(cfg: TrainConfig) -> Optional[Checkpoint]:
+    """The --pretrained checkpoint, read once for the whole run (None without one): a file in any layout,
+    or a registered model name (not a file here) for its released weights (downloaded once, then cached)."""
+    if not cfg.pretrained:
+        return None
+    from ..registry import list_models
+
+    if cfg.pretrained in list_models() and not Path(cfg.pretrained).exists():
+        from ..factory import download_weights
+
+        log.info("--pretrained %s: the released weights", cfg.pretrained)
+        return read_checkpoint(download_weights(cfg.pretrained))
+    return read_checkpoint(cfg.pretrained)
+
+
+def folder_channels(root: Path, limit: int = _PROBE_IMAGES) -> tuple[int, int, int]:
+    """(channels, gray images, images looked at) of a class-folder tree, from the headers of up to `limit`
+    images spread over the classes: 1 when every one is gray, else 3."""
+    from PIL import Image
+
+    from .data import IMAGE_EXTENSIONS
+
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    per_class = max(1, limit // max(len(classes), 1))
+    seen = gray = 0
+    for c in classes:
+        files = sorted(f for f in c.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)[:per_class]
+        for f in files:
+            try:
+                with Image.open(f) as img:  # the header only: no decoding
+                    mode = img.mode
+            except (OSError, ValueError, SyntaxError):
+                continue  # unreadable files are reported by the data loader
+            seen += 1
+            gray += mode in _GRAY_MODES
+    return (1 if seen and gray == seen else 3), gray, seen
+
+
+def pretrained_preprocessing(ckpt: Checkpoint) -> dict:
+    """How the pretrained weights want their input: what the file says (ours), else the registered
+    variant's (the released weights: ImageNet's mean/std, 224 px, crop 0.875, bicubic)."""
+    from ..images import IMAGENET_MEAN, IMAGENET_STD
+    from ..registry import get_spec, list_models
+
+    pre: dict = dict(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), img_size=224, crop_pct=0.875,
+                     interpolation="bicubic")
+    if ckpt.variant in list_models():
+        spec = get_spec(ckpt.variant)
+        pre.update(mean=tuple(spec.mean), std=tuple(spec.std), img_size=spec.published.img_size,
+                   crop_pct=spec.crop_pct, interpolation=spec.interpolation)
+    if ckpt.preprocessing:
+        pre.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt.preprocessing.items()})
+    return pre
+
+
+def _stats_for(mean: tuple, std: tuple, in_chans: int) -> tuple[tuple, tuple]:
+    """mean/std for `in_chans` channels: RGB statistics averaged for gray input, gray ones repeated for RGB."""
+    if len(mean) == in_chans:
+        return tuple(mean), tuple(std)
+    if in_chans == 1:
+        return gray_stats(mean, std)
+    return tuple(mean) * in_chans, tuple(std) * in_chans
+
+
+def input_plan(cfg: TrainConfig, recipe: Recipe, ckpt: Optional[Checkpoint]) -> InputPlan:
+    """The input of a run. In-memory data sets keep their channels and statistics; a folder's channels are
+    the images' (gray when every image looked at is gray; --in-chans wins), converted as they are read,
+    with one note. With pretrained weights, a folder is normalised as the weights were trained, and the
+    image size, crop and interpolation the recipe leaves open are the weights' (timm's data config)."""
+    notes: list[str] = []
+    num = _count_train(cfg)
+    if builtin_dataset(cfg.data) or not Path(cfg.data).is_dir() or not (Path(cfg.data) / "train").is_dir():
+        return InputPlan(cfg.in_chans, None, None, recipe, notes, num)
+    chans, gray, seen = folder_channels(Path(cfg.data) / "train")
+    in_chans = cfg.in_chans or chans
+    if seen and in_chans == 3 and gray:
+        notes.append(f"{gray} of {seen} images looked at are gray: they are repeated to the model's 3 channels")
+    elif seen and in_chans == 1 and gray < seen:
+        notes.append(f"{seen - gray} of {seen} images looked at are in colour: they are converted to gray (in_chans=1)")
+    if ckpt is None:
+        return InputPlan(in_chans, None, None, recipe, notes, num)
+    pre = pretrained_preprocessing(ckpt)
+    mean, std = _stats_for(pre["mean"], pre["std"], in_chans)
+    filled = {k: pre[k] for k in ("img_size", "crop_pct") if getattr(recipe, k) is None and pre.get(k)}
+    if cfg.interpolation is None and pre.get("interpolation"):
+        filled["interpolation"] = pre["interpolation"]
+    if filled:
+        notes.append("input as the pretrained weights were trained: "
+                     + ", ".join(f"{k} {v}" for k, v in filled.items()) + f", mean {_fmt(mean)} std {_fmt(std)}")
+    return InputPlan(in_chans, mean, std, recipe.replace(**filled), notes, num)
+
+
+def _count_train(cfg: TrainConfig) -> int:
+    """Training images of the data, counted up to SMALL_DATA_IMAGES (a walk over a large folder stops there)."""
+    from .data import IMAGE_EXTENSIONS, describe_data
+    from .recipes import SMALL_DATA_IMAGES
+
+    limit = cfg.limit_train or SMALL_DATA_IMAGES
+    if builtin_dataset(cfg.data):
+        _, splits = describe_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download)
+        return min(len(splits["train"][1]), limit)
+    n = 0
+    for _, _, files in os.walk(Path(cfg.data) / "train", followlinks=True):
+        n += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
+        if n >= limit:
+            return limit
+    return n
+
+
+def _fmt(values: tuple) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def run_preprocessing(info: Any, recipe: Recipe) -> dict:
+    """What every file a run writes carries about its input (the evaluation transform of the run): mean,
+    std, image size, crop fraction and interpolation. In-memory data sets are fed whole (crop 1.0)."""
+    crop = 1.0 if info.kind == "tensor" else (recipe.crop_pct if recipe.crop_pct is not None else 0.875)
+    return dict(mean=list(info.mean), std=list(info.std), img_size=int(recipe.img_size or info.img_size),
+                crop_pct=float(crop), interpolation=recipe.interpolation)
 
 
 def check_classes(ckpt_classes: int, ckpt_names: Optional[list], path: str, info: Any, reset_head: bool) -> None:
@@ -61,9 +216,10 @@ def fit_stage_lists(name: str, arch: dict) -> dict:
     return arch
 
 
-def model_for_run(cfg: TrainConfig, recipe: Recipe, info: Any) -> nn.Module:
+def model_for_run(cfg: TrainConfig, recipe: Recipe, info: Any, ckpt: Optional[Checkpoint] = None) -> nn.Module:
     """The FocalNet of a configuration: a registered variant resized by cfg.arch, optionally fine-tuned
-    from --pretrained (any layout, read once) with a fresh head."""
+    from --pretrained (any layout; `ckpt` when the run has read it already) with a fresh head. The model
+    takes the data's channels: a pretrained stem of another channel count is adapted (gray <-> RGB)."""
     from ..factory import create_model, load_model
     from ..registry import get_spec
 
@@ -73,7 +229,10 @@ def model_for_run(cfg: TrainConfig, recipe: Recipe, info: Any) -> nn.Module:
     arch = fit_stage_lists(cfg.model or "focalnet_tiny_srf", dict(cfg.arch or {}))
     drop_path = recipe.drop_path
     if cfg.pretrained:
-        ckpt = read_checkpoint(cfg.pretrained)
+        ckpt = ckpt if ckpt is not None else read_pretrained(cfg)
+        if ckpt.in_chans != in_chans:
+            log.info("the pretrained stem takes %d channel(s), the data has %d: adapted (%s)", ckpt.in_chans,
+                     in_chans, "summed over RGB" if in_chans == 1 else "gray weights spread over RGB")
         check_classes(ckpt.num_classes, ckpt.class_names, cfg.pretrained, info, cfg.reset_head)
         if cfg.model:
             if drop_path is None:
@@ -87,39 +246,6 @@ def model_for_run(cfg: TrainConfig, recipe: Recipe, info: Any) -> nn.Module:
     if drop_path is None:
         drop_path = get_spec(name).drop_path_rate
     return create_model(name, num_classes=info.num_classes, in_chans=in_chans, drop_path_rate=drop_path, **arch)
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer factory; weight decay on weights only (timm puts every 1-D parameter and every
-    name in model.no_weight_decay() in a group without decay)."""
-    from timm.optim import create_optimizer_v2
-
-    kwargs: dict = {}
-    if recipe.opt.lower().endswith("adamw") or recipe.opt.lower().endswith("adam"):
-        kwargs = dict(betas=tuple(recipe.betas), eps=recipe.eps)
-    return create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
-                               filter_bias_and_bn=True, **kwargs)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, *, epochs: int, updates_per_epoch: int,
-                    global_batch: int, total_updates: Optional[int] = None) -> Any:
-    """timm's per-step cosine schedule with a linear warm-up prefix (the authors' setup). The cosine ends
-    after `total_updates` optimizer steps (default: `epochs` whole epochs; a --time-budget run may end
-    inside its last epoch)."""
-    from timm.scheduler import CosineLRScheduler
-
-    total = max(1, total_updates if total_updates is not None else epochs * updates_per_epoch)
-    warmup = min(int(round(recipe.warmup_epochs * updates_per_epoch)), total - 1)
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, total - warmup),
-        lr_min=scaled_lr(recipe.min_lr, global_batch),
-        warmup_t=warmup,
-        warmup_lr_init=scaled_lr(recipe.warmup_lr, global_batch),
-        warmup_prefix=True,
-        cycle_limit=1,
-        t_in_epochs=False,
-    )
 
 
 def build_criterion(recipe: Recipe) -> nn.Module:

@@ -18,7 +18,8 @@ from typing import Any, Optional
 from ..datasets import builtin_dataset
 from ..errors import FocalNetError
 from ..utils import atomic_write
-from .recipes import Recipe, get_recipe, recipe_fields
+from .data import DEFAULT_CROP_PCT, pad_for
+from .recipes import Recipe, get_recipe, list_recipes, recipe_fields
 
 __all__ = [
     "TrainConfig",
@@ -61,20 +62,27 @@ class TrainConfig:
     # model
     model: Optional[str] = _f(None, "registered variant (default focalnet_tiny_srf; with --pretrained and no --model: the file's architecture)")
     arch: dict = _f({}, "architecture overrides, KEY=VALUE, e.g. embed_dim=32 depths=[2,2,2] patch_size=2")
-    pretrained: Optional[str] = _f(None, "start from these weights (any checkpoint layout: ours, the authors', timm, Hugging Face)")
+    pretrained: Optional[str] = _f(None, "start from these weights: a file in any checkpoint layout (ours, the authors', "
+                                         "timm, Hugging Face) or a registered model name for its released weights")
     reset_head: bool = _f(False, "with --pretrained: a fresh classifier for the data's classes")
     in_chans: Optional[int] = _f(None, "input channels (default: the data's; 1 for Fashion-MNIST and digits)")
     # recipe
-    recipe: str = _f("auto", "named recipe: 'imagenet' (the paper's), 'small' (28 px / 8 px data); auto: small for "
+    recipe: str = _f("auto", "named recipe: 'imagenet' (the paper's), 'small' (28 px / 8 px data), 'finetune' "
+                             "(from pretrained weights); auto: finetune with --pretrained, else small for "
                              "Fashion-MNIST and digits, imagenet for folders")
     epochs: Optional[int] = _f(None, "epochs (default: the recipe's, or what fits --time-budget)", recipe=True)
     batch_size: Optional[int] = _f(None, "images per process and step", recipe=True)
     opt: Optional[str] = _f(None, "optimizer, any of timm's (adamw)", recipe=True)
-    lr: Optional[float] = _f(None, "learning rate per 1024 images (scaled by the global batch / 1024)", recipe=True)
-    warmup_lr: Optional[float] = _f(None, "warm-up start lr per 1024 images", recipe=True)
-    min_lr: Optional[float] = _f(None, "final lr of the cosine per 1024 images", recipe=True)
+    lr: Optional[float] = _f(None, "peak learning rate, absolute (as timm's --lr; default: the recipe's, else "
+                                   "--base-lr x global batch / 1024)", recipe=True)
+    base_lr: Optional[float] = _f(None, "learning rate per 1024 images, scaled by the global batch / 1024 (the "
+                                        "paper's convention; used when --lr is not given)", recipe=True)
+    warmup_lr: Optional[float] = _f(None, "warm-up start lr per 1024 images (its ratio to --base-lr is kept)", recipe=True)
+    min_lr: Optional[float] = _f(None, "final lr of the cosine per 1024 images (its ratio to --base-lr is kept)", recipe=True)
+    layer_decay: Optional[float] = _f(None, "layer-wise lr decay per block from the head down (timm's "
+                                            "param_groups_layer_decay; 1: off; finetune: 0.75)", recipe=True)
     weight_decay: Optional[float] = _f(None, "AdamW weight decay (on weights; not on norms, biases, layer scales)", recipe=True)
-    warmup_epochs: Optional[float] = _f(None, "linear warm-up epochs", recipe=True)
+    warmup_epochs: Optional[float] = _f(None, "linear warm-up epochs (finetune: 5% of the run's steps)", recipe=True)
     clip_grad: Optional[float] = _f(None, "max gradient norm (0: no clipping)", recipe=True)
     smoothing: Optional[float] = _f(None, "label smoothing", recipe=True)
     drop_path: Optional[float] = _f(None, "stochastic depth (default: the recipe's, else the variant's)", recipe=True)
@@ -98,7 +106,10 @@ class TrainConfig:
     ema_decay: float = _f(0.9998, "EMA decay")
     # run
     output: str = _f("runs/focalnet", "output folder")
-    resume: Optional[str] = _f(None, "continue the run in this folder (or from this checkpoints/last.pth)")
+    resume: Optional[str] = _f(None, "continue the run in this folder (or from this checkpoints/last.pth); beside it, "
+                                     "--lr/--base-lr/--epochs/--time-budget/--eval-every/--skip-bad-images may "
+                                     "change (announced) and runtime flags (--workers, --device, ...); any other "
+                                     "flag that differs is refused")
     overwrite: bool = _f(False, "start over in an --output folder that already holds a run")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact --resume on the CPU)")
@@ -106,10 +117,12 @@ class TrainConfig:
     time_budget: Optional[float] = _f(None, "seconds of training: the optimizer steps are chosen to fit (measured on "
                                             "the first steps, re-planned after the first epoch; the last epoch may "
                                             "be partial) and the run stops early if it would overrun")
-    eval_every: int = _f(1, "evaluate every N epochs (and after the last)")
+    eval_every: Optional[int] = _f(None, "evaluate every N epochs and after the last (default: every epoch, or every "
+                                         "few when an epoch is so short that evaluating would cost more than training)")
     tensorboard: bool = _f(False, "write TensorBoard logs to OUTPUT/tensorboard")
     progress: str = _f("auto", "progress bars: auto (when stderr is a terminal), on, off")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f("auto", "torch.compile the training step (inductor): auto (on for CUDA; off on the CPU, where "
+                              "it did not pay: docs/speed.md), on, off")
     threads: Optional[int] = _f(None, "intra-op CPU threads per process (default: PyTorch's)")
 
     @classmethod
@@ -120,22 +133,35 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in cls.fields()}
         norm = {k.replace("-", "_"): v for k, v in d.items()}
+        if isinstance(norm.get("compile"), bool):  # before --compile took auto/on/off: true/false (old config.yaml)
+            norm["compile"] = "on" if norm["compile"] else "off"
         unknown = sorted(set(norm) - names)
         if unknown:
             import difflib
 
             hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, names, 1)) else u for u in unknown]
             raise TrainingError(f"unknown configuration key(s): {', '.join(hints)}; `focalnet train --help` lists them")
-        return cls(**norm)
+        cfg = cls(**norm)
+        cfg._given = frozenset(norm)  # the keys the user gave (flags and YAML): what --resume applies or refuses
+        return cfg
 
     def to_dict(self) -> dict:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in self.fields()}
 
+    def __post_init__(self) -> None:
+        validate_config(self)  # one place for every value, whether from flags, YAML or Python
 
-# fields that may differ when a run is resumed: they do not change what is computed
-RUNTIME_FIELDS = frozenset({
-    "workers", "output", "resume", "overwrite", "device", "tensorboard", "progress", "data_dir", "download", "threads",
-})
+
+# What --resume does with a flag (or YAML key) given beside it; docs/training.md ("Resuming") says the same:
+# - RUNTIME_FIELDS may differ freely: they do not change what is computed;
+# - RESUME_CHANGES may differ and are announced: --lr (the schedule is rebuilt from the step reached, e.g.
+#   after a non-finite loss), --epochs and --time-budget (the plan is redone), evaluation and bad-image handling;
+# - any other field that differs from the run's is refused, naming the flag (--data, --output, --overwrite,
+#   the architecture and the rest of the recipe): change those by starting a new run.
+RUNTIME_FIELDS = frozenset({"workers", "resume", "device", "tensorboard", "progress", "data_dir", "download", "threads",
+                            "compile"})
+RESUME_CHANGES = frozenset({"lr", "base_lr", "epochs", "time_budget", "eval_every", "skip_bad_images"})
+AMP_MODES = ("none", "bf16", "fp16")
 
 
 def config_field_types() -> dict[str, Any]:
@@ -175,15 +201,19 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     recipe field the configuration sets."""
     name = cfg.recipe
     if name == "auto":
-        name = "small" if builtin_dataset(cfg.data) else "imagenet"
+        name = "finetune" if cfg.pretrained else "small" if builtin_dataset(cfg.data) else "imagenet"
     overrides = {k: getattr(cfg, k) for k in recipe_fields() if hasattr(cfg, k) and getattr(cfg, k) is not None}
+    # --base-lr alone: the rate scales with the batch, also in a recipe with an absolute lr (finetune)
+    recipe_lr_reset = "base_lr" in overrides and "lr" not in overrides
     if overrides.get("auto_augment") in ("none", "None", ""):
         overrides["auto_augment"] = None
         recipe = get_recipe(name, **overrides).replace(auto_augment=None)
     else:
         recipe = get_recipe(name, **overrides)
-    if recipe.clip_grad == 0:
-        recipe = recipe.replace(clip_grad=None)
+    if recipe_lr_reset:
+        recipe = recipe.replace(lr=None)
+    if recipe.clip_grad is None:  # the recipe's "no clipping": one spelling, 0, in the run and in config.yaml
+        recipe = recipe.replace(clip_grad=0.0)
     return recipe
 
 
@@ -197,30 +227,81 @@ def resolved_config(cfg: TrainConfig, recipe: Recipe, epochs: int) -> dict:
     d["recipe"] = recipe.name
     d["resume"] = None
     d["overwrite"] = False
+    # every value spelled out: None would mean "the recipe's default" when the file is read back
+    d["auto_augment"] = recipe.auto_augment or "none"
+    d["clip_grad"] = float(recipe.clip_grad or 0.0)
+    if recipe.img_size is not None:
+        d["pad"] = pad_for(recipe, recipe.img_size)
+    d["crop_pct"] = DEFAULT_CROP_PCT if recipe.crop_pct is None else recipe.crop_pct
     return d
 
 
-def check_resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
-    """The saved configuration, with the runtime fields the user gave; any other change is an error."""
+def given_fields(cfg: TrainConfig) -> frozenset:
+    """The fields the user gave: the flags and YAML keys read by from_dict, else (a TrainConfig built in
+    Python) those that differ from the defaults."""
+    given = getattr(cfg, "_given", None)
+    if given is not None:
+        return given
     defaults = TrainConfig()
-    conflicts = []
-    for f in TrainConfig.fields():
-        if f.name in RUNTIME_FIELDS or f.name not in saved:
-            continue
-        mine = getattr(cfg, f.name)
-        if mine != getattr(defaults, f.name) and mine != saved[f.name]:
-            conflicts.append(f"--{f.name.replace('_', '-')} {mine!r} (the run has {saved[f.name]!r})")
-    if conflicts:
-        raise TrainingError(
-            "a resumed run keeps its configuration, so that it computes what the uninterrupted run would have; "
-            f"these flags differ: {'; '.join(conflicts)}. Start a new run (another --output) to change them"
-        )
-    merged = dict(saved)
-    for name in RUNTIME_FIELDS:
+    return frozenset(f.name for f in TrainConfig.fields() if getattr(cfg, f.name) != getattr(defaults, f.name))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict, *, run_dir: str = "") -> tuple[TrainConfig, list[str]]:
+    """The saved configuration with the changes --resume allows (see RESUME_CHANGES): (the configuration to
+    run, one line per change for the user). A refused flag is a TrainingError naming it."""
+    saved, changes = _upgrade_saved(saved)
+    given = given_fields(cfg)
+    refused, merged = [], dict(saved)
+    for name in sorted(given - {"resume"}):
         mine = getattr(cfg, name)
-        if mine != getattr(defaults, name):
+        if name in RUNTIME_FIELDS:
             merged[name] = mine
-    return TrainConfig.from_dict(merged)
+        elif name == "output":
+            if run_dir and Path(mine).resolve() != Path(run_dir).resolve():
+                refused.append(f"--output {mine} (a resumed run writes into its own folder {run_dir})")
+        elif name == "overwrite":
+            if mine:
+                refused.append("--overwrite (to start over in the folder, run without --resume)")
+        elif mine == saved.get(name, mine):
+            continue
+        elif name in RESUME_CHANGES:
+            merged[name] = mine
+            changes.append(f"{_flag(name)} {saved.get(name)!r} -> {mine!r}")
+        else:
+            refused.append(f"{_flag(name)} {mine!r} (the run has {saved.get(name)!r})")
+    if refused:
+        raise TrainingError(
+            "--resume continues a run as it was configured; only "
+            f"{', '.join(_flag(n) for n in sorted(RESUME_CHANGES))} (and the runtime flags "
+            f"{', '.join(_flag(n) for n in sorted(RUNTIME_FIELDS - {'resume'}))}) may change. Refused: "
+            f"{'; '.join(refused)}. Start a new run (another --output, or --overwrite without --resume) to change them"
+        )
+    merged["overwrite"] = False
+    return TrainConfig.from_dict(merged), changes
+
+
+def _upgrade_saved(saved: dict) -> tuple[dict, list[str]]:
+    """A configuration saved by an earlier version, read as that version meant it: (the configuration, one
+    line per reading the user is told about).
+
+    - before the resolved values were written, `clip_grad: null` and `auto_augment: null` already meant
+      'off' (the recipe's value had been filled in), not 'the recipe's';
+    - before --lr became absolute (timm's meaning), `lr` was per 1024 images and no `base_lr` was saved:
+      it is the base rate, so the resumed run keeps the rate it trained at."""
+    saved, notes = dict(saved), []
+    if "clip_grad" in saved and saved["clip_grad"] is None:
+        saved["clip_grad"] = 0.0
+    if "auto_augment" in saved and saved["auto_augment"] is None:
+        saved["auto_augment"] = "none"
+    if "base_lr" not in saved and saved.get("lr") is not None:
+        saved["base_lr"], saved["lr"] = saved["lr"], None
+        notes.append(f"the run's lr {saved['base_lr']!r} was saved when --lr meant 'per 1024 images': read as "
+                     f"--base-lr {saved['base_lr']!r} (the same rate)")
+    return saved, notes
 
 
 def progress_on(setting: str) -> bool:
@@ -228,3 +309,137 @@ def progress_on(setting: str) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()
     return setting in ("on", "true", "1", "yes")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation: every value, by type and range, in one place (TrainConfig.__post_init__ calls it, so flags,
+# YAML files, saved configurations and Python all pass here)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _at_least(lo: float, *, strict: bool = False, hi: Optional[float] = None, hi_strict: bool = False) -> tuple:
+    lo_text = f"> {lo}" if strict else f">= {lo}"
+    hi_text = "" if hi is None else (f" and < {hi}" if hi_strict else f" and <= {hi}")
+
+    def ok(v: float) -> bool:
+        return (v > lo if strict else v >= lo) and (hi is None or (v < hi if hi_strict else v <= hi))
+
+    return ok, lo_text + hi_text
+
+
+_FRACTION = _at_least(0, hi=1)  # a probability
+_RANGES: dict[str, tuple] = dict(
+    limit_train=_at_least(1), limit_eval=_at_least(1), workers=_at_least(0), in_chans=_at_least(1),
+    epochs=_at_least(1), batch_size=_at_least(1), lr=_at_least(0, strict=True), base_lr=_at_least(0, strict=True),
+    layer_decay=_at_least(0, strict=True, hi=1), warmup_lr=_at_least(0),
+    min_lr=_at_least(0), weight_decay=_at_least(0), warmup_epochs=_at_least(0), clip_grad=_at_least(0),
+    smoothing=_at_least(0, hi=1, hi_strict=True), drop_path=_at_least(0, hi=1, hi_strict=True),
+    img_size=_at_least(1), pad=_at_least(0), hflip=_FRACTION, color_jitter=_at_least(0), reprob=_FRACTION,
+    mixup=_at_least(0), cutmix=_at_least(0), mixup_prob=_FRACTION, mixup_switch_prob=_FRACTION,
+    crop_pct=_at_least(0, strict=True, hi=1), accum_steps=_at_least(1), ema_decay=_at_least(0, hi=1, hi_strict=True),
+    seed=_at_least(0), time_budget=_at_least(0, strict=True), eval_every=_at_least(1), threads=_at_least(1),
+)
+_CHOICES: dict[str, Any] = dict(
+    amp=lambda: AMP_MODES, progress=lambda: ("auto", "on", "off"), compile=lambda: ("auto", "on", "off"), train_crop=lambda: ("random_resized", "pad"),
+    remode=lambda: ("pixel", "rand", "const"), recipe=lambda: ("auto", *list_recipes()),
+    interpolation=lambda: __import__("focalnet.images", fromlist=["INTERPOLATIONS"]).INTERPOLATIONS,
+)
+_NON_EMPTY = ("data", "output", "device", "opt")
+
+
+def _key(name: str) -> str:
+    return f"{_flag(name)} (YAML key {name})"
+
+
+def _check_type(name: str, value: Any, tp: Any) -> None:
+    """Booleans only from booleans (YAML's true/false, yes/no unquoted; the flags --x/--no-x); integers
+    from integers; numbers from integers or floats, finite; text from strings."""
+    import math
+
+    base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    base = base[0]
+    if value is None:
+        if tp is base:  # not Optional
+            raise TrainingError(f"{_key(name)} needs a value, got nothing (null)")
+        return
+    wrong = (
+        (base is bool and not isinstance(value, bool))
+        or (base is int and (isinstance(value, bool) or not isinstance(value, int)))
+        or (base is float and (isinstance(value, bool) or not isinstance(value, (int, float))))
+        or (base is str and not isinstance(value, str))
+        or (base is dict and not isinstance(value, dict))
+    )
+    if wrong:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+        raise TrainingError(f"{_key(name)} must be {kind.get(base, base)}, got {type(value).__name__} {value!r}")
+    if base is float and not math.isfinite(value):
+        raise TrainingError(f"{_key(name)} must be a finite number, got {value!r}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise TrainingError naming the first value of `cfg` that has the wrong type or is out of range."""
+    types = _field_types()
+    for f in TrainConfig.fields():
+        value = getattr(cfg, f.name)
+        _check_type(f.name, value, types[f.name])
+        if value is None:
+            continue
+        if f.name in _RANGES and not _RANGES[f.name][0](value):
+            raise TrainingError(f"{_key(f.name)} must be {_RANGES[f.name][1]}, got {value!r}")
+        if f.name in _CHOICES and value not in _CHOICES[f.name]():
+            raise TrainingError(f"{_key(f.name)} must be one of {', '.join(_CHOICES[f.name]())}, got {value!r}")
+        if f.name in _NON_EMPTY and not value.strip():
+            raise TrainingError(f"{_key(f.name)} must not be empty")
+    validate_arch(cfg.arch)
+
+
+_TYPES: dict = {}
+
+
+def _field_types() -> dict:
+    if not _TYPES:
+        _TYPES.update(config_field_types())
+    return _TYPES
+
+
+def validate_arch(arch: dict) -> None:
+    """--arch KEY=VALUE overrides: known constructor arguments of a FocalNet family, with sane values
+    (the constructors would otherwise fail deep inside torch, or build a model with no blocks)."""
+    import inspect
+
+    from ..models import FAMILIES
+
+    known = set()
+    for cls in FAMILIES.values():
+        known |= set(inspect.signature(cls.__init__).parameters) - {"self"}
+    for key, value in arch.items():
+        where = f"--arch {key}={value!r}"
+        if key not in known:
+            raise TrainingError(f"{where}: unknown architecture argument; known: {', '.join(sorted(known))}")
+        if key in ("num_classes", "in_chans"):
+            raise TrainingError(f"{where}: set by the data (use --in-chans for the input channels)")
+        _check_arch_value(key, value, where)
+
+
+def _check_arch_value(key: str, value: Any, where: str) -> None:
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if key in ("embed_dim", "patch_size", "depth", "focal_factor", "focal_window"):
+        ok, need = is_int(value) and value >= 1, "an integer >= 1"
+    elif key in ("focal_level",):
+        ok, need = is_int(value) and value >= 0, "an integer >= 0"
+    elif key in ("depths", "focal_levels", "focal_windows"):
+        least = 0 if key == "focal_levels" else 1
+        items = value if isinstance(value, (list, tuple)) else [value]
+        ok = (key != "depths" or isinstance(value, (list, tuple))) and len(items) > 0 and all(
+            is_int(v) and v >= least for v in items)
+        need = f"{'a list of' if key == 'depths' else 'an integer or a list of'} integers >= {least}"
+    elif key in ("mlp_ratio", "layerscale_value"):
+        ok, need = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, "a number > 0"
+        ok = ok or (key == "layerscale_value" and value is None)
+    elif key in ("drop_rate", "proj_drop_rate", "drop_path_rate"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        need = "a number >= 0 and < 1"
+    else:  # the flags: use_conv_embed, use_post_norm, ...
+        ok, need = isinstance(value, bool), "true or false"
+    if not ok:
+        raise TrainingError(f"{where}: must be {need}")

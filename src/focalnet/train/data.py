@@ -40,6 +40,7 @@ from ..datasets import (
 )
 from ..errors import FocalNetError
 from ..images import IMAGENET_MEAN, IMAGENET_STD, gray_stats, interpolation_mode
+from .augment import TransformError, guarded_transform
 from .recipes import Recipe
 
 __all__ = [
@@ -57,6 +58,8 @@ __all__ = [
     "describe_data",
 ]
 
+# the authors' evaluation crop (resize to 256/224 of the crop, center crop) when neither recipe nor variant says
+DEFAULT_CROP_PCT = 0.875
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -121,7 +124,7 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, None]:
         img = self.images[index]
         if self.transform is not None:
-            img = self.transform(img)
+            img = _apply(self.transform, img, f"image {index} of the in-memory data set")
         return img, int(self.labels[index]), None
 
 
@@ -154,6 +157,9 @@ class SafeImageFolder(Dataset):
                 for f in sorted(files):
                     if f.lower().endswith(IMAGE_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, f), index[c]))
+        counts = np.bincount([label for _, label in self.samples], minlength=len(self.class_names))
+        # class folders without one image: training refuses them, evaluation notes them (build_datasets)
+        self.empty_classes = [c for c in self.class_names if counts[index[c]] == 0]
         if not self.samples:
             raise DataUnavailableError(
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}/CLASS/; expected the layout "
@@ -176,8 +182,19 @@ class SafeImageFolder(Dataset):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return None, label, f"{path} ({type(e).__name__}: {e})"
         if self.transform is not None:
-            img = self.transform(img)
+            img = _apply(self.transform, img, path)
         return img, label, None
+
+
+def _apply(transform: Callable, img: Any, where: str) -> Any:
+    """transform(img); a failure names the image (a readable image that a transform cannot take is a bug,
+    so it keeps its traceback: TransformError is not a FocalNetError)."""
+    try:
+        return transform(img)
+    except TransformError as e:
+        raise TransformError(f"{where}: {e}") from e.__cause__
+    except Exception as e:
+        raise TransformError(f"{where}: the transform {transform!r} raised {type(e).__name__}: {e}") from e
 
 
 def collate(batch: Sequence[tuple]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], list[str]]:
@@ -203,6 +220,13 @@ def build_transform(
     training: bool,
     img_size: Optional[int] = None,
 ) -> Callable:
+    """The per-image transform of a split (see `_split_transform`), guarded: timm's posterize ops clamped to
+    the bits Pillow accepts, and a failing step named (`focalnet.train.augment`). Every recipe's
+    transforms come from here."""
+    return guarded_transform(_split_transform(info, recipe, training=training, img_size=img_size))
+
+
+def _split_transform(info: DataInfo, recipe: Recipe, *, training: bool, img_size: Optional[int]) -> Callable:
     """The per-image transform of a split.
 
     Training, `recipe.train_crop == 'random_resized'`: timm's `create_transform` (random resized crop,
@@ -219,7 +243,7 @@ def build_transform(
         raise DataError(f"{info.name}: images have no fixed size; pass --img-size")
     hflip = recipe.hflip if info.hflip_ok else 0.0
     native = info.img_size
-    crop_pct = recipe.crop_pct if recipe.crop_pct is not None else 0.875
+    crop_pct = recipe.crop_pct if recipe.crop_pct is not None else DEFAULT_CROP_PCT
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(info.mean), list(info.std))]
 
     if not training:
@@ -248,7 +272,7 @@ def build_transform(
         return tf
     if recipe.train_crop != "pad":
         raise DataError(f"unknown train_crop {recipe.train_crop!r}; choose 'random_resized' or 'pad'")
-    pad = size // 14 if recipe.pad is None else recipe.pad  # 2 px at 28 px; none at 8 px (a shift is an eighth of a digit)
+    pad = pad_for(recipe, size)
     erase = None
     if recipe.reprob > 0:
         from timm.data.random_erasing import RandomErasing
@@ -265,6 +289,12 @@ def build_transform(
     if erase is not None:
         steps.append(erase)
     return v2.Compose(steps)
+
+
+def pad_for(recipe: Recipe, size: int) -> int:
+    """The 'pad' crop's padding: the recipe's, else img_size // 14 (2 px at 28 px; none at 8 px, where a
+    shift is an eighth of a digit)."""
+    return size // 14 if recipe.pad is None else recipe.pad
 
 
 class PadCropFlip:
@@ -394,7 +424,11 @@ def build_datasets(
         mode = "L" if info.in_chans == 1 else "RGB"
         if need_train:
             train_set = SafeImageFolder(splits["train"], info.class_names, mode, train_tf)
+            _refuse_empty_classes(train_set)
         eval_set = SafeImageFolder(splits[info.eval_split], info.class_names, mode, eval_tf)
+        if eval_set.empty_classes:
+            info.notes.append(f"{len(eval_set.empty_classes)} class(es) have no {info.eval_split} images and are not "
+                              f"evaluated: {', '.join(map(repr, eval_set.empty_classes[:10]))}")
     if train_set is not None and limit_train is not None and limit_train < len(train_set):
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:limit_train]
         train_set = Subset(train_set, sorted(order.tolist()))
@@ -402,6 +436,16 @@ def build_datasets(
         eval_set = Subset(eval_set, range(limit_eval))
     info.num_train, info.num_eval = (len(train_set) if train_set is not None else 0), len(eval_set)
     return train_set, eval_set, info
+
+
+def _refuse_empty_classes(train_set: "SafeImageFolder") -> None:
+    """A class folder without a training image would be a class the model is never shown."""
+    empty = train_set.empty_classes
+    if empty:
+        raise DataError(
+            f"{len(empty)} class folder(s) under {train_set.root} hold no images ({', '.join(IMAGE_EXTENSIONS)}): "
+            f"{', '.join(map(repr, empty[:10]))}; add images or remove the folder(s)"
+        )
 
 
 class _Shard(Sampler):

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
-from ..utils import atomic_json
+from ..utils import OutputError, atomic_json, output_error
 from . import artifacts
 from .build import check_classes
 from .config import TrainingError, progress_on
@@ -55,13 +55,18 @@ def evaluate_checkpoint(
     otherwise the authors' evaluation transform is used (bicubic resize to img_size / crop_pct, center
     crop; crop_pct defaults to the variant's 0.875). A checkpoint with the authors' 21842-class
     ImageNet-22K head evaluated on 1000-class data uses the reordered ImageNet-1K rows of its head."""
+    _check_eval_args(limit=limit, batch_size=batch_size, workers=workers, img_size=img_size, crop_pct=crop_pct)
     env = init_distributed(device)
     try:
         ckpt = read_checkpoint(checkpoint)
         state = _training_state(ckpt)
         saved_cfg, saved_data = state.get("config") or {}, state.get("data") or {}
+        pre = ckpt.preprocessing or {}  # the input the weights were trained with (every file a run writes says)
         mean = saved_data.get("mean") if saved_data.get("name") == _data_name(data) else None
         std = saved_data.get("std") if mean is not None else None
+        if pre.get("mean") and len(pre["mean"]) == ckpt.in_chans:
+            mean, std = pre["mean"], pre["std"]
+        saved_cfg = {**saved_cfg, **{k: pre[k] for k in ("img_size", "crop_pct", "interpolation") if pre.get(k)}}
         info, _ = describe_data(data, data_dir=data_dir, download=download, in_chans=ckpt.in_chans, mean=mean,
                                 std=std, need_train=False)
         check_classes(ckpt.num_classes, ckpt.class_names, checkpoint, info, reset_head=False)
@@ -88,6 +93,17 @@ def evaluate_checkpoint(
         return result
     finally:
         cleanup_distributed()
+
+
+def _check_eval_args(*, limit: Optional[int], batch_size: int, workers: int, img_size: Optional[int],
+                     crop_pct: Optional[float]) -> None:
+    """Refuse nonsense before any work (`--limit 0` would report 'top-1 0.00%' of no image)."""
+    rules = [("--limit", limit, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0), ("--img-size", img_size, 1)]
+    for flag, value, least in rules:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise TrainingError(f"{flag} must be an integer >= {least}, got {value!r}")
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise TrainingError(f"--crop-pct must be > 0 and <= 1, got {crop_pct!r}")
 
 
 def _training_state(ckpt: Checkpoint) -> dict:
@@ -137,8 +153,13 @@ def _checkpoint_model(ckpt: Checkpoint, state: dict, *, model_name: Optional[str
 
 
 def _write_eval_files(result: dict, info: DataInfo, name: Optional[str], out: Path) -> None:
-    """eval.json, confusion.png and confusion.csv."""
-    out.mkdir(parents=True, exist_ok=True)
+    """eval.json, confusion.png and confusion.csv (an OSError is an OutputError naming the path)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--output {out} is a file; eval writes a folder (eval.json, confusion.png): choose another")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e, "create the folder") from None
     atomic_json(dict(result), out / "eval.json")
     title = f"{name or 'model'} on {info.name} ({info.eval_split}): top-1 {result['top1']:.2f}%"
     artifacts.write_confusion(result["confusion"], info.class_names, out, title=title)

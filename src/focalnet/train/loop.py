@@ -17,13 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FocalNetError
-from .config import TrainingError
+from .config import AMP_MODES, TrainingError
 from .data import BadImageError
 from .distributed import all_reduce, unwrap_model, world_size
 
 __all__ = ["AMP_MODES", "autocast", "train_one_epoch", "evaluate", "NonFiniteLossError"]
-
-AMP_MODES = ("none", "bf16", "fp16")
 
 
 class NonFiniteLossError(FocalNetError, RuntimeError):
@@ -83,8 +81,7 @@ def _non_finite(value: torch.Tensor, where: str, last_good_checkpoint: Optional[
             else "no checkpoint had been written yet")
     return NonFiniteLossError(
         f"the loss became {value.item()} at {where}; stopped before updating the weights, {keep}. "
-        "Lower --lr, keep --clip-grad on, try --amp none, check the data for NaN values; "
-        "continue from the checkpoint with --resume"
+        "Lower the learning rate, keep --clip-grad on, try --amp none, check the data for NaN values"
     )
 
 
@@ -205,13 +202,13 @@ def train_one_epoch(
             bar.update(1)
             if i % 10 == 0 or i + 1 == n_batches or done:
                 _show(bar, loss_sum=loss_sum, images=images, world=world, start=start,
-                      lr=optimizer.param_groups[0]["lr"])
+                      lr=max(g["lr"] for g in optimizer.param_groups))  # the head's, under layer decay
         if done:
             break
     if bar is not None:
         bar.close()
     return _epoch_stats(loss_sum=loss_sum, images=images, bad_count=bad_count, start=start, steps=steps,
-                        global_step=global_step, lr=optimizer.param_groups[0]["lr"])
+                        global_step=global_step, lr=max(g["lr"] for g in optimizer.param_groups))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
     num_pictures: test images to picture (one per class, 0 for none). Existing pictures or report are
     refused unless `overwrite`."""
     from ..factory import load_model
+    from ..registry import describe_arch
 
     run = Path(run_dir)
     report_path = _check_run(run, num_pictures=num_pictures, overwrite=overwrite)
@@ -119,12 +120,14 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
     summary["config"] = config
 
     model = load_model(run / "model.safetensors").eval()
+    # the honest name, also for runs whose summary.json named the variant a resized model was built from
+    summary["model"] = describe_arch(model)
     shown = _picture_items(model, summary, run / "pictures", num_pictures=num_pictures, overwrite=overwrite)
     lines = _overview(summary, ev) + _per_epoch(history) + _per_class(summary, ev) + _modulation(shown)
     if config:
         lines += ["## Configuration (config.yaml)", "", "```yaml", (run / "config.yaml").read_text().rstrip(), "```", ""]
-    with atomic_write(report_path, "w") as f:
-        f.write("\n".join(lines))
+    with atomic_write(report_path) as f:  # file and class names that are not UTF-8 keep their exact bytes
+        f.write("\n".join(lines).encode("utf-8", "surrogateescape"))
     return report_path
 
 
@@ -184,7 +187,7 @@ def _overview(s: dict, ev: Optional[dict]) -> list[str]:
             [f"best epoch ({s['best'].get('epoch', '-')})", f"{s['best']['top1']:.2f} %", f"{s['best'].get('top5', float('nan')):.2f} %"],
         ] + ([["EMA weights", f"{s['final_ema']['top1']:.2f} %", f"{s['final_ema']['top5']:.2f} %"]] if "final_ema" in s else [])),
         "",
-        f"Training time {format_duration(s['train_time_s'])} ({s['train_time_s']:.0f} s, evaluation after each epoch included), "
+        f"Training time {format_duration(s['train_time_s'])} ({s['train_time_s']:.0f} s, evaluation included), "
         f"{format_duration(s['wall_time_s'])} in all"
         + (f", {s['train_img_per_s']:.0f} training images/s." if s.get("train_img_per_s") else ".")
         + (f" {s['stopped_early']}." if s.get("stopped_early") else ""),

@@ -37,7 +37,7 @@ __all__ = [
 TRAIN_CHECKPOINT_FORMAT = "focalnet-train-v1"
 BEST_WEIGHTS_FORMAT = "focalnet-weights-v1"
 # the keys of a training checkpoint that best.pth keeps (weights and what is needed to use them)
-_WEIGHT_KEYS = ("format", "model", "arch", "variant", "class_names", "epoch", "config", "data")
+_WEIGHT_KEYS = ("format", "model", "arch", "variant", "class_names", "epoch", "config", "data", "preprocessing")
 
 
 class CheckpointSaveError(FocalNetError, OSError):
@@ -84,7 +84,7 @@ def load_training_checkpoint(path: Union[str, os.PathLike]) -> dict:
 
 def best_weights(state: dict, record: dict) -> dict:
     """best.pth from a training checkpoint: the weights and what is needed to use them, and the epoch's metrics."""
-    weights = {k: state[k] for k in _WEIGHT_KEYS}
+    weights = {k: state[k] for k in _WEIGHT_KEYS if k in state}
     weights["format"] = BEST_WEIGHTS_FORMAT
     weights["metrics"] = record
     return weights
@@ -95,7 +95,8 @@ def restore_training_state(state: dict, *, model: nn.Module, optimizer: torch.op
     """Load every state that carries across epochs back into the run's objects, the random state last."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    if scheduler is not None:  # None: the caller rebuilt the schedule (--resume with a new --lr or --epochs)
+        scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema") is not None:
