@@ -31,6 +31,7 @@ __all__ = [
     "atomic_dir",
     "atomic_torch_save",
     "atomic_json",
+    "make_output_dir",
     "check_output",
     "output_error",
     "format_duration",
@@ -231,6 +232,19 @@ def check_output(path: PathLike, kind: str = "file", overwrite: bool = False) ->
                           "remove the file or choose another name")
     if not overwrite:
         raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it, or choose another name")
+    return path
+
+
+def make_output_dir(path: PathLike, *, holds: str) -> Path:
+    """Create the output folder `path` (which `holds` what, for the message); a file in its place or any
+    OSError is an OutputError naming the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--output {path} is a file; it must be a folder for {holds}: choose another --output")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(path, e, "create the folder") from None
     return path
 
 

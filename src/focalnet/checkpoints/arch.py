@@ -17,7 +17,7 @@ import torch
 from .convert import ConversionError
 
 __all__ = [
-    "validate_arch", "max_model_bytes", "MAX_MODEL_BYTES",
+    "validate_arch", "check_arch_fields", "max_model_bytes", "MAX_MODEL_BYTES",
     "arch_from_state_dict", "arch_from_hf_config", "class_names_from_hf_config", "hf_config",
     "hf_preprocessor_config", "timm_config", "timm_model_args", "imagenet_labels", "complete_preprocessing",
 ]
@@ -136,7 +136,7 @@ def _check_int(key: str, v: object, lo: int, hi: int) -> None:
         raise ConversionError(f"architecture key {key!r} must be a whole number in [{lo}, {hi}], got {v!r}")
 
 
-def _check_fields(arch: Mapping) -> None:
+def check_arch_fields(arch: Mapping) -> None:
     """Types and ranges of every known architecture field (unknown ones are refused when the model is built)."""
     for key, (lo, hi) in _INT_RANGES.items():
         if key in arch:
@@ -186,7 +186,7 @@ def validate_arch(arch: object, where: str = "the architecture") -> "torch.nn.Mo
             raise ConversionError(f"the architecture must be a JSON object (a dict), got {type(arch).__name__}")
         if not isinstance(arch.get("family"), str) or arch["family"] not in FAMILIES:
             raise ConversionError(f"unknown model family {arch.get('family')!r}; known: {', '.join(FAMILIES)}")
-        _check_fields(arch)
+        check_arch_fields(arch)
         with torch.device("meta"):
             model = model_from_arch(arch)
     except FocalNetError as e:

@@ -126,7 +126,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         variant, arch = resolve_variant(ckpt)
     write_checkpoint(ckpt.state_dict, arch, out, fmt=args.to, variant=variant, class_names=ckpt.class_names,
-                     preprocessing=ckpt.preprocessing if args.to == "focalnet" else None)
+                     preprocessing=ckpt.preprocessing)
     print(f"wrote {out} ({args.to} layout, {variant or 'custom architecture'}, {ckpt.num_classes} classes)")
     return 0
 

@@ -61,13 +61,15 @@ def _step_name(step: Any) -> str:
 
 
 class GuardedTransform:
-    """The steps of a transform run one by one; an exception becomes TransformError naming the step."""
+    """The steps of a transform run one by one; an exception becomes TransformError naming the step.
 
-    def __init__(self, steps: list[Callable]) -> None:
-        self.steps = steps
+    The steps are `transforms`, as in torchvision's Compose, so code that inspects a transform still can."""
+
+    def __init__(self, transforms: list[Callable]) -> None:
+        self.transforms = transforms
 
     def __call__(self, img: Any) -> Any:
-        for step in self.steps:
+        for step in self.transforms:
             try:
                 img = step(img)
             except Exception as e:
@@ -75,7 +77,7 @@ class GuardedTransform:
         return img
 
     def __repr__(self) -> str:
-        return "GuardedTransform(" + ", ".join(_step_name(s) for s in self.steps) + ")"
+        return "GuardedTransform(" + ", ".join(_step_name(s) for s in self.transforms) + ")"
 
 
 def _flatten(tf: Any) -> list[Callable]:

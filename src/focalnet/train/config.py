@@ -340,7 +340,8 @@ _RANGES: dict[str, tuple] = dict(
     seed=_at_least(0), time_budget=_at_least(0, strict=True), eval_every=_at_least(1), threads=_at_least(1),
 )
 _CHOICES: dict[str, Any] = dict(
-    amp=lambda: AMP_MODES, progress=lambda: ("auto", "on", "off"), compile=lambda: ("auto", "on", "off"), train_crop=lambda: ("random_resized", "pad"),
+    amp=lambda: AMP_MODES, progress=lambda: ("auto", "on", "off"), compile=lambda: ("auto", "on", "off"),
+    train_crop=lambda: ("random_resized", "pad"),
     remode=lambda: ("pixel", "rand", "const"), recipe=lambda: ("auto", *list_recipes()),
     interpolation=lambda: __import__("focalnet.images", fromlist=["INTERPOLATIONS"]).INTERPOLATIONS,
 )
@@ -403,10 +404,12 @@ def _field_types() -> dict:
 
 
 def validate_arch(arch: dict) -> None:
-    """--arch KEY=VALUE overrides: known constructor arguments of a FocalNet family, with sane values
-    (the constructors would otherwise fail deep inside torch, or build a model with no blocks)."""
+    """--arch KEY=VALUE overrides: known constructor arguments of a FocalNet family, with the types and ranges
+    that a file's architecture must have too (one rule: `focalnet.checkpoints.arch.check_arch_fields`)."""
     import inspect
 
+    from ..checkpoints.arch import check_arch_fields
+    from ..checkpoints.convert import ConversionError
     from ..models import FAMILIES
 
     known = set()
@@ -418,28 +421,7 @@ def validate_arch(arch: dict) -> None:
             raise TrainingError(f"{where}: unknown architecture argument; known: {', '.join(sorted(known))}")
         if key in ("num_classes", "in_chans"):
             raise TrainingError(f"{where}: set by the data (use --in-chans for the input channels)")
-        _check_arch_value(key, value, where)
-
-
-def _check_arch_value(key: str, value: Any, where: str) -> None:
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    if key in ("embed_dim", "patch_size", "depth", "focal_factor", "focal_window"):
-        ok, need = is_int(value) and value >= 1, "an integer >= 1"
-    elif key in ("focal_level",):
-        ok, need = is_int(value) and value >= 0, "an integer >= 0"
-    elif key in ("depths", "focal_levels", "focal_windows"):
-        least = 0 if key == "focal_levels" else 1
-        items = value if isinstance(value, (list, tuple)) else [value]
-        ok = (key != "depths" or isinstance(value, (list, tuple))) and len(items) > 0 and all(
-            is_int(v) and v >= least for v in items)
-        need = f"{'a list of' if key == 'depths' else 'an integer or a list of'} integers >= {least}"
-    elif key in ("mlp_ratio", "layerscale_value"):
-        ok, need = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, "a number > 0"
-        ok = ok or (key == "layerscale_value" and value is None)
-    elif key in ("drop_rate", "proj_drop_rate", "drop_path_rate"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-        need = "a number >= 0 and < 1"
-    else:  # the flags: use_conv_embed, use_post_norm, ...
-        ok, need = isinstance(value, bool), "true or false"
-    if not ok:
-        raise TrainingError(f"{where}: must be {need}")
+    try:
+        check_arch_fields(arch)
+    except ConversionError as e:
+        raise TrainingError(f"--arch: {e}") from None

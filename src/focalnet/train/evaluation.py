@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
-from ..utils import OutputError, atomic_json, output_error
+from ..utils import atomic_json, make_output_dir
 from . import artifacts
 from .build import check_classes
 from .config import TrainingError, progress_on
@@ -154,12 +154,7 @@ def _checkpoint_model(ckpt: Checkpoint, state: dict, *, model_name: Optional[str
 
 def _write_eval_files(result: dict, info: DataInfo, name: Optional[str], out: Path) -> None:
     """eval.json, confusion.png and confusion.csv (an OSError is an OutputError naming the path)."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--output {out} is a file; eval writes a folder (eval.json, confusion.png): choose another")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(out, e, "create the folder") from None
+    make_output_dir(out, holds="eval.json, confusion.png and confusion.csv")
     atomic_json(dict(result), out / "eval.json")
     title = f"{name or 'model'} on {info.name} ({info.eval_split}): top-1 {result['top1']:.2f}%"
     artifacts.write_confusion(result["confusion"], info.class_names, out, title=title)

@@ -60,8 +60,8 @@ from ..datasets import builtin_dataset
 from ..registry import describe_arch
 from ..utils import atomic_json
 
-__all__ = ["train", "configure", "load_data", "build_parts", "compile_training", "plan_run", "begin", "run_epochs", "finish",
-           "Setup", "Data", "Parts", "Plan", "Progress", "Run"]
+__all__ = ["train", "configure", "load_data", "build_parts", "compile_training", "plan_run", "begin", "run_epochs",
+           "finish", "Setup", "Data", "Parts", "Plan", "Progress", "Run"]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..utils import OutputError, output_error
+from ..utils import make_output_dir, output_error
 from .config import TrainingError
 
 __all__ = ["LOCK_NAME", "RUN_ARTIFACTS", "RunLock", "RunFolderBusyError", "claim_run_dir", "existing_artifacts",
@@ -168,18 +168,9 @@ def _replace_old_run(out: Path, found: list[str], say: Callable[[str], None]) ->
     say(f"note: --overwrite: removed the earlier run's {', '.join(found)} from {out}")
 
 
-def _make_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--output {out} is a file; a run needs a folder: choose another --output")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(out, e, "create the run folder") from None
-
-
 def claim_run_dir(out: Path, *, resume: bool, overwrite: bool, say: Callable[[str], None] = print) -> RunLock:
     """Take `out` for a run (see the module docstring); returns the lock to release when the run ends."""
-    _make_folder(out)
+    make_output_dir(out, holds="a run (checkpoints, metrics, model)")
     try:
         lock = _acquire(out, say)
     except OSError as e:
