@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
+from ..registry import describe_arch
 from ..utils import atomic_json, make_output_dir
 from . import artifacts
 from .build import check_classes
@@ -84,12 +85,12 @@ def evaluate_checkpoint(
                           skip_bad_images=skip_bad_images, progress=progress_on(progress) and env.is_main)
         sliced = ckpt.num_classes == 21842 and info.num_classes == 1000
         result.update(checkpoint=str(checkpoint), data=info.name, kind=info.kind, split=info.eval_split,
-                      class_names=info.class_names, model=name or "custom", weights=weights, img_size=recipe.img_size,
+                      class_names=info.class_names, model=model_name or describe_arch(model, ckpt.variant), weights=weights, img_size=recipe.img_size,
                       crop_pct=recipe.crop_pct, interpolation=recipe.interpolation,
                       num_params=sum(p.numel() for p in model.parameters()),
                       head="ImageNet-22K head sliced to ImageNet-1K" if sliced else "as trained")
         if output and env.is_main:
-            _write_eval_files(result, info, name, Path(output))
+            _write_eval_files(result, info, result["model"], Path(output))
         return result
     finally:
         cleanup_distributed()
