@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoints.arch import imagenet_labels
 from ..errors import FocalNetError
 from ..images import (
     IMAGENET_MEAN,
@@ -197,14 +198,12 @@ class ClassNames:
         return len(self.names)
 
 
-def _imagenet(subset: str) -> tuple[list[str], list[str]]:
-    try:
-        from timm.data import ImageNetInfo
-    except ImportError:
-        raise ImportError("ImageNet class names come from timm: pip install timm") from None
-    info = ImageNetInfo(subset)
-    n = info.num_classes()
-    return [info.index_to_description(i) for i in range(n)], [info.index_to_label_name(i) for i in range(n)]
+_IMAGENET_SOURCES = {
+    1000: ("ImageNet-1K", {}),
+    21842: ("ImageNet-22K (the authors' order: 0-999 are ImageNet-1K)",
+            {IN22K_MS_UNTRAINED: "ImageNet-1K class with no ImageNet-22K images: this output never trained"}),
+    21841: ("ImageNet-22K (fall11 order)", {}),
+}
 
 
 def class_names_for(model: nn.Module) -> ClassNames:
@@ -213,18 +212,11 @@ def class_names_for(model: nn.Module) -> ClassNames:
     own = getattr(model, "class_names", None)
     if own and len(own) == n:
         return ClassNames([str(c) for c in own], "checkpoint")
-    if n == 1000:
-        names, synsets = _imagenet("imagenet-1k")
-        return ClassNames(names, "ImageNet-1K", synsets)
-    if n == 21842:
-        names, synsets = _imagenet("imagenet-22k-ms")
-        return ClassNames(
-            names, "ImageNet-22K (the authors' order: 0-999 are ImageNet-1K)", synsets,
-            untrained={IN22K_MS_UNTRAINED: "ImageNet-1K class with no ImageNet-22K images: this output never trained"},
-        )
-    if n == 21841:
-        names, synsets = _imagenet("imagenet-22k")
-        return ClassNames(names, "ImageNet-22K (fall11 order)", synsets)
+    labels = imagenet_labels(n) if n in _IMAGENET_SOURCES else None  # one source of ImageNet's names (timm's)
+    if labels is not None:
+        synsets, names = labels
+        source, untrained = _IMAGENET_SOURCES[n]
+        return ClassNames(names, source, synsets, untrained=dict(untrained))
     return ClassNames([f"class {i}" for i in range(n)], "indices (the checkpoint holds no class names)")
 
 
