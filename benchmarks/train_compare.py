@@ -65,10 +65,12 @@ def build(name: str) -> nn.Module:
     raise ValueError(f"unknown model {name!r}; choose focalnet, swin, convnext")
 
 
-def probe_rates(name: str, *, batch: int, steps: int = 4) -> dict:
+def probe_rates(name: str, *, batch: int, rounds: int = 4, block: int = 5) -> dict:
     """Training images per second of `name`, eager and compiled, on random 28 px batches (forward, loss, backward,
-    AdamW step), after warm-up; and the seconds the compiled variant's first two steps took beyond eager ones."""
-    out = {}
+    AdamW step): both built and warmed up, then timed in blocks of `block` consecutive steps, the blocks of the two
+    interleaved `rounds` times (medians); and the seconds the compiled variant's first two steps took beyond eager
+    ones. A few steps timed one after the other were not enough: they once chose the slower path."""
+    steps, warm = {}, {}
     for path in ("eager", "compiled"):
         torch.manual_seed(0)
         model = build(name).train()
@@ -76,21 +78,26 @@ def probe_rates(name: str, *, batch: int, steps: int = 4) -> dict:
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
 
-        def step():
+        def step(fn=fn, opt=opt, x=x, y=y):
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(fn(x), y).backward()
             opt.step()
 
         t0 = time.perf_counter()
         step(), step()  # warm-up (and compilation)
-        warm_s = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        per_step = statistics.median(times)
-        out[path] = dict(img_per_s=batch / per_step, warmup_s=max(0.0, warm_s - 2 * per_step))
+        warm[path], steps[path] = time.perf_counter() - t0, step
+    times: dict = {path: [] for path in steps}
+    for _ in range(rounds):
+        for path, step in steps.items():
+            step()  # re-warm after the other variant ran
+            for _ in range(block):
+                t0 = time.perf_counter()
+                step()
+                times[path].append(time.perf_counter() - t0)
+    out = {}
+    for path in steps:
+        per_step = statistics.median(times[path])
+        out[path] = dict(img_per_s=batch / per_step, warmup_s=max(0.0, warm[path] - 2 * per_step))
     return out
 
 

@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-# torch 2.14.1 / torchvision 0.29.1 lie on this machine's disk (pip's cap); any torch >= 2.1 works elsewhere
+# torch 2.14.1 / torchvision 0.29.1 lie on this machine's disk (pip's cap); any torch >= 2.6 works elsewhere (scripts/check_floors.sh checks the floors)
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
 fi

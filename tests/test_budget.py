@@ -1,6 +1,8 @@
 """The --time-budget arithmetic of focalnet.train.budget, as pure functions, and the phases of train() called alone."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from focalnet.train import budget
@@ -73,3 +75,46 @@ def test_phases_before_the_loop_can_be_called_alone(tmp_path):
     setup.lock.release()
     assert not any((tmp_path / "run").iterdir())
     assert parts.global_batch == 64 and parts.model is parts.core  # one process: no DDP wrapper
+
+
+def _run_at_epoch(tmp_path, *, budget_s: float, epochs_done: int, elapsed_s: float, update_s: float,
+                  overhead_s: float):
+    """A --time-budget run built by its phases and put, by hand, at the end of epoch `epochs_done` with the
+    given timings (nothing is trained): what `_out_of_time` decides from."""
+    from focalnet.train.run import begin
+
+    cfg = TrainConfig(data="digits", arch=dict(embed_dim=8, depths=[1, 1], patch_size=2), batch_size=64,
+                      limit_train=384, epochs=10, progress="off", output=str(tmp_path / "run"))
+    setup = configure(cfg, DistEnv())
+    data = load_data(setup)
+    parts = build_parts(setup, data)
+    run = begin(setup, data, parts, plan_run(setup, data, parts))
+    run.setup.cfg = dataclasses.replace(cfg, time_budget=budget_s)
+    run.plan.planned = True
+    run.progress.global_step = epochs_done * data.updates_per_epoch
+    run.progress.update_times = [update_s] * epochs_done
+    run.progress.overheads = [overhead_s] * epochs_done
+    return run, dict(elapsed=elapsed_s, test_top1=50.0)
+
+
+def test_an_epoch_that_would_overrun_is_shortened_not_skipped(tmp_path):
+    """Epoch 3 of 10 planned (6 steps each) ends at 100 s of a 125 s budget; a full epoch takes 6 x 5 + 2 = 32 s:
+    the run used to stop there, leaving 25 s unused and the cosine far from its end. Now the steps left are
+    re-planned to fit (4 more at 5.1 s each, and one evaluation) and the cosine ends exactly there."""
+    from focalnet.train.run import _out_of_time
+
+    run, record = _run_at_epoch(tmp_path, budget_s=125, epochs_done=3, elapsed_s=100, update_s=5.0, overhead_s=2.0)
+    assert not _out_of_time(run, 2, record) and run.progress.stopped_early is None
+    assert run.plan.total_updates == 18 + 4 and run.plan.epochs == 4
+    lr_end = run.plan.scheduler._get_lr(run.plan.total_updates)[0]
+    assert lr_end == pytest.approx(min(run.plan.scheduler._get_lr(t)[0] for t in range(0, 24)))  # annealed there
+    run.setup.lock.release()
+
+
+def test_the_run_stops_only_when_not_one_more_step_fits(tmp_path):
+    from focalnet.train.run import _out_of_time
+
+    run, record = _run_at_epoch(tmp_path, budget_s=100, epochs_done=3, elapsed_s=99.0, update_s=5.0, overhead_s=2.0)
+    assert _out_of_time(run, 2, record)
+    assert "not one more step fits" in run.progress.stopped_early
+    run.setup.lock.release()

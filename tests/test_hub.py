@@ -184,7 +184,7 @@ def test_push_builds_a_folder_timm_transformers_and_we_load(hf_home, monkeypatch
     with torch.no_grad():
         ref = model(x)
         hf = transformers.AutoModelForImageClassification.from_pretrained(str(sent_dir)).eval()
-        assert (hf(pixel_values=x).logits - ref).abs().max() < 1e-5
+        assert (hf(pixel_values=x.expand(-1, 3, -1, -1)).logits - ref).abs().max() < 1e-5  # gray stem as RGB
         assert hf.config.id2label[3] == "z"
         # timm through the hub id, as a user would after the push: the top config.json points at timm/
         put_snapshot(hf_home, "someone/pushed", sent_dir)
@@ -197,6 +197,23 @@ def test_push_builds_a_folder_timm_transformers_and_we_load(hf_home, monkeypatch
     assert focalnet.verify("hf-hub:someone/pushed").ok
 
 
+def test_a_pushed_model_timm_cannot_build_alone_loads_in_timm_through_the_hub(hf_home, monkeypatch, tmp_path):
+    import huggingface_hub
+    import timm
+
+    model = small(patch_size=2)  # a 2x2 stem: none of timm's own FocalNets
+    folder = build_hub_folder(model, tmp_path / "repo", repo_id="someone/custom")
+    assert json.loads((folder / "config.json").read_text())["architecture"] == "focalnet_custom"
+    assert not (folder / "timm").exists()  # timm reads the top-level weights through focalnet
+    put_snapshot(hf_home, "someone/custom", folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tm = timm.create_model("hf-hub:someone/custom", pretrained=True).eval()
+        assert torch.equal(tm(x), model(x))
+
+
 def test_push_refuses_a_used_folder_and_offline(tmp_path, monkeypatch):
     model = small()
     (tmp_path / "used").mkdir()
@@ -207,3 +224,89 @@ def test_push_refuses_a_used_folder_and_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         focalnet.push_to_hub(model, "someone/x")
+
+
+class _RangeServer:
+    """A local HTTP server for one file that honours Range requests (or ignores them), can cut the first
+    response short, and records the Range header of every request: an interrupted download, for real."""
+
+    def __init__(self, data: bytes, *, cut_first_at: int = 0, honour_range: bool = True) -> None:
+        import http.server
+        import threading
+
+        self.data, self.ranges, self.cut = data, [], cut_first_at
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest's output clean
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                start = int(rng[6:-1]) if rng and honour_range else 0
+                if start >= len(server.data):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                body = server.data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut:  # the connection drops mid-file, once
+                    body, server.cut = body[: server.cut], 0
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "_RangeServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+
+def _online_with(monkeypatch, url: str, sha256: str) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("focalnet.hub.hub_offline", lambda: False)
+    monkeypatch.setattr(get_spec(NAME), "weights", Weights(official=url, sha256={"official": sha256}))
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(hf_home, monkeypatch, tmp_path):
+    weights = small().state_dict()
+    torch.save({"model": weights}, tmp_path / "w.pth")
+    data = (tmp_path / "w.pth").read_bytes()
+    with _RangeServer(data, cut_first_at=len(data) // 3) as server:
+        _online_with(monkeypatch, server.url("w.pth"), hashlib.sha256(data).hexdigest())
+        with pytest.raises(CheckpointError, match="connection closed after .* run again to resume"):  # cut short
+            download_weights(NAME, "official")
+        part = tmp_path / "urls" / "w.pth.part"
+        assert part.stat().st_size == len(data) // 3  # what arrived is kept
+        path = download_weights(NAME, "official")
+    assert server.ranges == [None, f"bytes={len(data) // 3}-"]  # the second request asked for the rest only
+    assert path.read_bytes() == data and not part.exists()
+    model = focalnet.create_model(NAME, pretrained=path, **small_overrides(NAME), num_classes=5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_resuming_against_a_server_that_ignores_range_or_has_nothing_left(hf_home, monkeypatch, tmp_path):
+    data = bytes(range(256)) * 4096
+    good = hashlib.sha256(data).hexdigest()
+    part = tmp_path / "urls" / "w.pth.part"
+    part.parent.mkdir(parents=True)
+    with _RangeServer(data, honour_range=False) as server:  # a 200 with the whole file: start again
+        part.write_bytes(data[:1000])
+        _online_with(monkeypatch, server.url("w.pth"), good)
+        assert download_weights(NAME, "official").read_bytes() == data
+    (tmp_path / "urls" / "w.pth").unlink()
+    with _RangeServer(data) as server:  # the part file already holds everything: 416, then the hash decides
+        part.write_bytes(data)
+        _online_with(monkeypatch, server.url("w.pth"), good)
+        assert download_weights(NAME, "official").read_bytes() == data
+    assert server.ranges == [f"bytes={len(data)}-"]

@@ -25,7 +25,7 @@ TIMM_SINCE = {
     "FeatureGetterNet": "1.0.3", "ModelEmaV3": "0.9.16", "ImageNetInfo": "0.9.0", "create_transform": "0.9.0",
     "Mixup": "0.9.0", "CosineLRScheduler": "0.9.0", "create_optimizer_v2": "0.9.0", "RandomErasing": "0.9.0",
     "LabelSmoothingCrossEntropy": "0.9.0", "SoftTargetCrossEntropy": "0.9.0", "AugmentOp": "0.9.0",
-    "posterize": "0.9.0", "param_groups_layer_decay": "0.9.0",
+    "posterize": "0.9.0", "param_groups_layer_decay": "0.9.0", "is_model": "0.9.0", "register_model": "0.9.0",
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,28 +31,68 @@ def main_job_model() -> torch.nn.Module:
     return perturb_(focalnet.create_model("focalnet_tiny_srf", **MAIN_JOB)).eval()
 
 
-def test_main_job_model_in_transformers_and_timm(tmp_path, caplog):
+def test_main_job_model_in_transformers_and_timm(tmp_path):
     model = main_job_model()
     save_model(model, tmp_path / "hf", fmt="hf", class_names=FMNIST_NAMES, preprocessing=FMNIST)
     hf = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "hf")).eval()
     x = torch.randn(3, 1, 28, 28)
+    rgb = torch.randn(3, 3, 28, 28)
+    luma = sum(c * rgb[:, i : i + 1] for i, c in enumerate((0.299, 0.587, 0.114)))
     with torch.no_grad():
-        assert (hf(pixel_values=x).logits - model(x)).abs().max() < 1e-5
+        # transformers feeds RGB: the stem holds the grayscale conversion, so (g, g, g) gives the model's
+        # output on g, and an RGB input its output on the luma
+        assert (hf(pixel_values=x.expand(-1, 3, -1, -1)).logits - model(x)).abs().max() < 1e-5
+        assert (hf(pixel_values=rgb).logits - model(luma)).abs().max() < 1e-5
+        back = focalnet.load_model(tmp_path / "hf").eval()
+        assert back.in_chans == 1 and torch.equal(back(x), model(x))  # folded back bit for bit
+    assert focalnet.verify(tmp_path / "hf").ok
     assert hf.config.id2label[9] == "Ankle boot"
     proc = transformers.AutoImageProcessor.from_pretrained(str(tmp_path / "hf"))
-    assert list(proc.image_mean) == FMNIST["mean"] and proc.crop_size["height"] == 28
-    # timm's FocalNet has a stride-4 stem and entry points that fix depths/embed_dim: it cannot build this
-    # model. The folder is written (we read it) with a warning, and names no timm model it could mistake it for
-    with caplog.at_level(logging.WARNING, logger="focalnet"):
-        save_model(model, tmp_path / "timm", fmt="timm", preprocessing=FMNIST)
-    assert "timm cannot build this model" in caplog.text
+    assert list(proc.image_mean) == FMNIST["mean"] * 3 and proc.crop_size["height"] == 28
+    # timm's own FocalNet (a stride-4 stem, entry points that fix depths/embed_dim) cannot build this model:
+    # the folder names 'focalnet_custom', which `import focalnet` registers with timm, with our arguments
+    save_model(model, tmp_path / "timm", fmt="timm", preprocessing=FMNIST)
     config = json.loads((tmp_path / "timm" / "config.json").read_text())
-    assert config["architecture"] == "focalnet_custom"
+    assert config["architecture"] == "focalnet_custom" and config["model_args"]["patch_size"] == 2
     assert config["pretrained_cfg"]["input_size"] == [1, 28, 28] and config["pretrained_cfg"]["mean"] == [0.286]
-    with pytest.raises(RuntimeError, match="focalnet_custom"):
-        timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
+    tm = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
     with torch.no_grad():
+        assert (tm(x) - model(x)).abs().max() < 1e-5
         assert torch.equal(focalnet.load_model(tmp_path / "timm").eval()(x), model(x))
+    assert timm.data.resolve_data_config(model=tm)["input_size"] == (1, 28, 28)
+    # arguments given to timm beside the folder's override them, as for timm's own models
+    assert timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True, num_classes=3).num_classes == 3
+
+
+def test_timm_without_focalnet_refuses_a_custom_folder_by_name(tmp_path):
+    save_model(main_job_model(), tmp_path / "timm", fmt="timm", preprocessing=FMNIST)
+    code = f"import timm; timm.create_model('local-dir:{tmp_path / 'timm'}', pretrained=True)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "Unknown model (focalnet_custom)" in out.stderr  # never timm's 27.7 M model
+
+
+@pytest.mark.parametrize("order", ["import focalnet, timm", "import timm, focalnet"])
+def test_focalnet_custom_is_registered_whichever_is_imported_first(order):
+    """`import focalnet` does not import timm (1.5 s); the name is registered when timm is loaded, before or after."""
+    code = f"import sys; {order}; print(timm.models.is_model('focalnet_custom'))"
+    lazy = "import sys, focalnet; print('timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", f"{code}"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert subprocess.run([sys.executable, "-c", lazy], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_timm_features_only_on_a_custom_folder(tmp_path):
+    model = main_job_model()
+    save_model(model, tmp_path / "timm", fmt="timm", preprocessing=FMNIST)
+    feats = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True, features_only=True,
+                              out_indices=(1, 2)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        maps = feats(x)
+        ours = focalnet.create_model("focalnet_tiny_srf", pretrained=tmp_path / "timm", **MAIN_JOB, features_only=True,
+                                     out_indices=(1, 2)).eval()(x)
+    assert [m.shape[1] for m in maps] == feats.feature_info.channels() == [64, 128]
+    assert all(torch.equal(a, b) for a, b in zip(maps, ours))
 
 
 def test_timm_builds_a_resized_model_it_can_and_reads_its_transform(tmp_path):
@@ -110,6 +152,26 @@ def test_pipeline_labels_a_real_photo_like_our_predict(tmp_path):
     ours = [r["label"] for r in predict(focalnet.load_model(tmp_path / "hf"), [photo], topk=5)[0].top]
     assert theirs == ours
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"]["281"] == "tabby, tabby cat"
+
+
+def test_pipeline_labels_a_grayscale_model_like_our_predict(tmp_path):
+    """The main job's kind of model (1 channel, 28 px): transformers' pipeline, which turns every image into
+    RGB, gives our predict's top-5 on a real photo, in color and in gray."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from focalnet.inspect.predict import predict
+
+    model = main_job_model()
+    save_model(model, tmp_path / "hf", fmt="hf", class_names=FMNIST_NAMES, preprocessing=FMNIST)
+    pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"))
+    ours_model = focalnet.load_model(tmp_path / "hf")
+    for photo in (Image.fromarray(skimage_data.camera()), Image.fromarray(skimage_data.chelsea())):
+        theirs = pipe(photo, top_k=5)
+        ours = predict(ours_model, [photo], topk=5)[0].top
+        assert [r["label"] for r in theirs] == [r["label"] for r in ours]
+        # PIL's integer luma (ours) against the folded float luma (theirs): close, not equal
+        assert max(abs(a["score"] - b["probability"]) for a, b in zip(theirs, ours)) < 2e-3
 
 
 def test_timm_config_has_imagenet_labels_for_a_1k_head(tmp_path):

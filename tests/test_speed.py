@@ -42,6 +42,7 @@ class ConvKernels(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter = Counter()
+        self.packed: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
@@ -49,6 +50,9 @@ class ConvKernels(TorchDispatchMode):
             self.counts[f"onednn conv+{args[7]}"] += 1
         elif name == "mkldnn._convolution_pointwise_.binary":
             self.counts[f"onednn conv+{args[8]} in place"] += 1
+        if name.startswith("mkldnn._convolution_pointwise"):  # the weight: packed once, or reordered per call
+            weight = args[2] if name.endswith(".binary") else args[1]
+            self.packed["packed" if weight.layout == torch._mkldnn else "plain"] += 1
         elif name.startswith("mkldnn."):
             self.counts[name] += 1
         elif name == "aten.convolution.default":
@@ -101,6 +105,66 @@ def test_fused_any_input_size_and_no_tiling(size):
         ref = model(x)
         for tile_rows in (None, 1, 10**9):
             torch.testing.assert_close(fuse_for_inference(model, tile_rows=tile_rows)(x), ref, rtol=0, atol=1e-5)
+
+
+needs_prepack = pytest.mark.skipif(
+    not fused_module.ONEDNN_PREPACK, reason="this torch build cannot reorder oneDNN weights ahead of time "
+    "(torch.ops.mkldnn._reorder_convolution_weight): the fused model reorders on each call, as plain PyTorch"
+)
+
+
+@needs_prepack
+@pytest.mark.parametrize("name", ["focalnet_tiny_srf", "focalnet_large_fl4", "focalnet_base_iso"])
+def test_prepacked_weights_run_every_convolution_and_change_nothing(name):
+    """Every oneDNN convolution of the fused blocks gets its weight packed once at fuse time, at the model's own
+    input size and at any other; the results equal the per-call reorder's."""
+    model = small(name)
+    packed, unpacked = fuse_for_inference(model), fuse_for_inference(model, prepack=False)
+    for size in [(1, 3, 224, 224), (3, 3, 64, 80), (2, 3, 37, 53)]:
+        x = torch.randn(*size)
+        with torch.no_grad(), ConvKernels() as seen:
+            out = packed(x)
+        with torch.no_grad(), ConvKernels() as plain:
+            ref = unpacked(x)
+        assert seen.packed["plain"] == 0 and seen.packed["packed"] == seen.onednn > 0, seen.packed
+        assert plain.packed["packed"] == 0
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+
+
+@needs_prepack
+def test_packed_weights_are_not_used_once_the_weights_change():
+    """A packed copy is derived from a buffer at fuse time; after load_state_dict (or any in-place edit) the
+    fused model computes with the new weights, never the stale copy."""
+    a, b = small("focalnet_tiny_srf"), small("focalnet_tiny_srf")
+    perturb_(b, seed=1)
+    fused_a, fused_b = fuse_for_inference(a), fuse_for_inference(b)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = fused_b(x)
+        fused_a.load_state_dict(fused_b.state_dict())
+        with ConvKernels() as seen:
+            out = fused_a(x)
+    assert seen.packed["packed"] == 0 and seen.packed["plain"] > 0  # every copy is stale now
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for block in fused_a.modules():
+        if isinstance(block, fused_module.FusedBlock):
+            block.pack(block.pack_hint)  # packing again makes them current
+    with torch.no_grad(), ConvKernels() as seen:
+        torch.testing.assert_close(fused_a(x), expected, rtol=0, atol=1e-6)
+    assert seen.packed["plain"] == 0
+
+
+@needs_prepack
+def test_fused_model_with_packed_weights_copies_and_pickles(tmp_path):
+    import copy
+
+    fused = fuse_for_inference(small("focalnet_tiny_lrf"))
+    x = torch.randn(1, 3, 48, 48)
+    torch.save(fused, tmp_path / "fused.pt")
+    for clone in (copy.deepcopy(fused), torch.load(tmp_path / "fused.pt", weights_only=False)):
+        with torch.no_grad(), ConvKernels() as seen:
+            torch.testing.assert_close(clone(x), fused(x), rtol=0, atol=0)
+        assert seen.packed["plain"] == 0 and seen.packed["packed"] > 0
 
 
 def test_fusing_leaves_the_model_and_the_input_untouched():

@@ -5,7 +5,7 @@
     focalnet.list_models("*iso*")
 """
 from .checkpoints import CheckpointError, read_checkpoint, save_model, write_checkpoint
-from .factory import create_model, load_model, verify
+from .factory import create_model, load_model, register_with_timm, register_with_timm_on_import, verify
 from .hub import download_weights, push_to_hub
 from .layers import FocalModulation
 from .models import FocalNet, FocalNetBlock, FocalNetIsotropic
@@ -22,6 +22,7 @@ def _version() -> str:
 
 
 __version__ = _version()
+register_with_timm_on_import()  # timm builds every FocalNet folder we write ('focalnet_custom')
 
 __all__ = [
     "create_model",

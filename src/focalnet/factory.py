@@ -1,8 +1,11 @@
 """`create_model` and `load_model`: a registered architecture with weights from any supported source."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -17,7 +20,9 @@ from .hub import HUB_PREFIX, SOURCES, checkpoint_in, download_hub_repo, download
 from .models import model_from_arch
 from .registry import build_model, get_spec, list_models
 
-__all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES", "verify"]
+__all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES", "verify", "register_with_timm",
+           "register_with_timm_on_import",
+           "TIMM_CUSTOM"]
 
 log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
@@ -194,6 +199,79 @@ def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module
     load_into(model, ckpt, reset_head=reset_head)
     _finish(model, ckpt)
     return model
+
+
+# the timm model name of FocalNets that none of timm's own entry points can build (written into timm config.json)
+TIMM_CUSTOM = "focalnet_custom"
+_TIMM_PASSED = ("pretrained_cfg_overlay", "cache_dir")  # what timm's create_model passes that is not ours
+
+
+def focalnet_custom(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """timm's entry point for a FocalNet that timm's own twelve cannot build (other depths or widths, a 2x2
+    stem): `timm.create_model("local-dir:FOLDER" or "hf-hub:ORG/REPO")` on a folder we wrote, whose
+    config.json names this architecture with our own arguments as model_args. Registered by `import focalnet`.
+    Arguments given to timm's create_model beside the folder's (num_classes, in_chans, ...) override them."""
+    cfg = kwargs.pop("pretrained_cfg", None)
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+    declared = dict(kwargs.pop("pretrained_model_args", None) or {})
+    features_only, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    for key in _TIMM_PASSED:
+        kwargs.pop(key, None)
+    if not pretrained:
+        arch = {**declared, **kwargs}
+        if "family" not in arch:
+            raise CheckpointError(f"timm's {TIMM_CUSTOM} builds what a config.json written by focalnet describes: "
+                                  "use timm.create_model('local-dir:FOLDER'), or focalnet.create_model(NAME, ...)")
+        model = model_from_arch(arch)
+    else:
+        source = cfg.get("file") or (HUB_PREFIX + cfg["hf_hub_id"] if cfg.get("hf_hub_id") else None)
+        if source is None:
+            raise CheckpointError(f"timm's {TIMM_CUSTOM} loads weights from a 'local-dir:' or 'hf-hub:' source only")
+        overrides = {k: v for k, v in kwargs.items() if not _same(declared.get(k), v)}
+        # timm's semantics: another num_classes is a fresh classifier, another in_chans an adapted stem
+        model = load_model(source, reset_head="num_classes" in overrides, **overrides)
+    return _features(model, out_indices) if features_only else model
+
+
+def register_with_timm() -> bool:
+    """Register `focalnet_custom` with timm (once), so that timm builds every FocalNet folder we write. False
+    when timm is not installed."""
+    try:
+        from timm.models import is_model, register_model
+    except ImportError:
+        return False
+    if not is_model(TIMM_CUSTOM):
+        register_model(focalnet_custom)
+    return True
+
+
+class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
+    """Runs `register_with_timm` right after timm itself is imported, whenever that happens: importing timm
+    in `import focalnet` would cost every import about 1.5 s (timm loads all its model modules)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)  # once; and so that the lookup below finds timm the ordinary way
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            exec_module(module)
+            register_with_timm()
+
+        spec.loader.exec_module = exec_then_register  # this spec's own loader instance
+        return spec
+
+
+def register_with_timm_on_import() -> None:
+    """`register_with_timm` now if timm is loaded, else as soon as it is (what `import focalnet` does)."""
+    if "timm" in sys.modules:
+        register_with_timm()
+    elif not any(isinstance(f, _RegisterWhenTimmLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterWhenTimmLoads())
 
 
 def verify(path: Union[PathLike, str]) -> Verification:

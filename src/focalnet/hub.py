@@ -176,17 +176,29 @@ def _download_url(url: str, sha256: Optional[str]) -> Path:
         return dst
     if hub_offline():
         raise CheckpointError(f"HF_HUB_OFFLINE is set and {dst} is not cached")
+    import urllib.error
     import urllib.request
 
     part = dst.with_name(dst.name + ".part")
     dst.parent.mkdir(parents=True, exist_ok=True)
     done = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        resumed = done and response.status == 206  # a server that ignores Range sends the whole file again
-        log.info("downloading %s%s", url, f" (resuming at {done:,} bytes)" if resumed else "")
-        with open(part, "ab" if resumed else "wb") as f:
-            shutil.copyfileobj(response, f, length=1 << 20)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            resumed = done and response.status == 206  # a server that ignores Range sends the whole file again
+            log.info("downloading %s%s", url, f" (resuming at {done:,} bytes)" if resumed else "")
+            with open(part, "ab" if resumed else "wb") as f:
+                start = f.tell()
+                shutil.copyfileobj(response, f, length=1 << 20)
+                got = f.tell() - start
+            # http.client ends a body cut short by the server without an error: compare with what was announced
+            expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and got < int(expected):
+                raise CheckpointError(f"{url}: the connection closed after {got:,} of {int(expected):,} bytes; "
+                                      f"{part} keeps what arrived: run again to resume")
+    except urllib.error.HTTPError as e:
+        if not (done and e.code == 416):  # 416: nothing after `done` bytes, the part file was complete
+            raise
     if sha256 and file_sha256(part) != sha256:
         part.unlink()
         raise CheckpointError(f"{url}: the download's sha256 is not the registry's {sha256[:12]}...; deleted it")
@@ -263,7 +275,12 @@ def build_hub_folder(
         tcfg["pretrained_cfg"]["hf_hub_filename"] = "timm/model.safetensors"
         config.update({k: v for k, v in tcfg.items()})
     else:
-        log.warning("the hub repo will hold no timm copy: %s", why_not)
+        # timm's own FocalNet cannot build it: timm reads the top-level (transformers) weights through our
+        # 'focalnet_custom' entry point, registered by `import focalnet`
+        tcfg, _ = timm_config(arch, variant, names, pre)
+        config.update(tcfg)
+        log.info("timm's own FocalNet cannot build this model (%s): timm.create_model('hf-hub:%s') needs "
+                 "`import focalnet` first", why_not, repo_id)
     atomic_json(config, folder / "config.json")
     summary = _copy_run(Path(run_dir), folder) if run_dir is not None else None
     with atomic_write(folder / "README.md", "w") as f:
@@ -313,15 +330,14 @@ def model_card(
     if pictures:
         lines += ["## Pictures", ""] + [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
     lines += ["## Use", "", "```python", "import focalnet", f'model = focalnet.load_model("hf-hub:{repo_id}")', ""]
-    if model.in_chans == 3:
-        lines += ["from transformers import pipeline", f'pipe = pipeline("image-classification", model="{repo_id}")']
-    else:  # transformers' pipeline turns every image into RGB: feed the processor's tensors to the model
-        lines += ["from transformers import AutoImageProcessor, AutoModelForImageClassification",
-                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}")',
-                  f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")']
-    if timm_entry:
-        lines += ["", "import timm", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)']
+    lines += ["from transformers import pipeline", f'pipe = pipeline("image-classification", model="{repo_id}")']
+    lines += ["", "import timm", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)'
+              + ("" if timm_entry else "  # after `import focalnet` (architecture 'focalnet_custom')")]
     lines += ["```", ""]
+    if model.in_chans == 1:  # transformers turns every image into RGB: the stem does the grayscale conversion
+        lines += ["A grayscale model: the transformers copy takes RGB, its stem computing the luma conversion "
+                  "(0.299 R + 0.587 G + 0.114 B) folded into the first convolution, so a photo gives what the "
+                  "model gives its grayscale version; focalnet and timm load the 1-channel model.", ""]
     if record:
         lines += ["## Verify", "", f"Tensor fingerprint `{record['fingerprint']}`; `focalnet verify hf-hub:{repo_id}` "
                   "recomputes it and the reference outputs stored in config.json.", ""]

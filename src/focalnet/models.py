@@ -118,17 +118,19 @@ def _selective_context():
     return create_selective_checkpoint_contexts(_recompute_policy)
 
 
+# respect_saved_tensors_hooks (newer torch; 2.6 lacks it): what the policy keeps goes through saved-tensor hooks (save_on_cpu,
+# memory accounting) like any other saved tensor. Older torch has no such argument and would hand it to the block.
+_SELECTIVE_KW = (dict(respect_saved_tensors_hooks=True)
+                 if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters else {})
+
+
 def _run_block(block: nn.Module, x: torch.Tensor, grad_checkpointing: bool, activation_recompute: bool) -> torch.Tensor:
     if torch.is_grad_enabled() and not torch.jit.is_scripting():
         # non-reentrant checkpointing: same outputs and gradients, activations recomputed in backward
         if grad_checkpointing:
             return checkpoint(block, x, use_reentrant=False)
         if activation_recompute:
-            # respect_saved_tensors_hooks: what the policy keeps goes through saved-tensor hooks (save_on_cpu,
-            # memory accounting) like any other saved tensor
-            return checkpoint(
-                block, x, use_reentrant=False, context_fn=_selective_context, respect_saved_tensors_hooks=True
-            )
+            return checkpoint(block, x, use_reentrant=False, context_fn=_selective_context, **_SELECTIVE_KW)
     return block(x)
 
 

@@ -416,8 +416,11 @@ def timm_config(
     elif labels is not None:
         pretrained_cfg["label_names"], pretrained_cfg["label_descriptions"] = labels
     dims = arch["embed_dim"] * 2 ** (len(arch["depths"]) - 1) if arch.get("family") == "hierarchical" else arch["embed_dim"]
+    if entry is None:
+        # none of timm's FocalNets: `import focalnet` registers this name with timm (focalnet.factory), whose
+        # model_args are our own arguments; timm without focalnet refuses the name (never the wrong 27.7 M model)
+        model_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in arch.items()}
     config = {
-        # a name timm does not know when it cannot build the model: a clear error, never the wrong 27.7 M model
         "architecture": entry or "focalnet_custom", "num_classes": num_classes, "num_features": dims,
         "model_args": model_args, "pretrained_cfg": pretrained_cfg,
     }

@@ -34,6 +34,9 @@ __all__ = [
     "strip_prefixes",
     "in22k_head_to_in1k",
     "IN1K_MISSING_FROM_IN22K",
+    "GRAY_FROM_RGB",
+    "gray_stem_as_rgb",
+    "rgb_stem_as_gray",
 ]
 
 FORMATS = ("focalnet", "official", "timm", "hf")
@@ -319,3 +322,29 @@ def in22k_head_to_in1k(weight: Tensor, bias: Tensor, missing_logit: float = -1e4
     w[IN1K_MISSING_FROM_IN22K] = 0
     b[IN1K_MISSING_FROM_IN22K] = missing_logit
     return w, b
+
+
+# --------------------------------------------------------------------------------------------------------
+# A grayscale model's stem, written as an RGB one (for loaders that feed every image as RGB)
+# --------------------------------------------------------------------------------------------------------
+
+# ITU-R 601-2 luma: what PIL's convert("L") computes, so what a 1-channel model sees of an RGB photo
+GRAY_FROM_RGB = (0.299, 0.587, 0.114)
+
+
+def gray_stem_as_rgb(w: Tensor) -> Tensor:
+    """A 1-channel stem weight (out, 1, k, k) as an RGB one computing the same map from (R, G, B): the luma
+    conversion folded in, so an RGB photo gives what the model gives its grayscale version, and a gray image
+    fed as (g, g, g) gives exactly its output. Built so that `rgb_stem_as_gray` recovers `w` bit for bit: the
+    blue weight is what is left of w after red + green (exact by Sterbenz' lemma, red + green being 0.886 w)."""
+    if w.ndim != 4 or w.shape[1] != 1:
+        raise ConversionError(f"a grayscale stem weight is (out, 1, k, k); got {tuple(w.shape)}")
+    red, green = w * GRAY_FROM_RGB[0], w * GRAY_FROM_RGB[1]
+    return torch.cat([red, green, w - (red + green)], dim=1)
+
+
+def rgb_stem_as_gray(w: Tensor) -> Tensor:
+    """The inverse of `gray_stem_as_rgb`: (red + green) + blue, in that order (exact)."""
+    if w.ndim != 4 or w.shape[1] != 3:
+        raise ConversionError(f"an RGB stem weight is (out, 3, k, k); got {tuple(w.shape)}")
+    return (w[:, 0:1] + w[:, 1:2]) + w[:, 2:3]

@@ -48,10 +48,13 @@ from .arch import (
 )
 from .convert import (
     FORMATS,
+    GRAY_FROM_RGB,
     ConversionError,
     detect_family,
     detect_layout,
     from_focalnet,
+    gray_stem_as_rgb,
+    rgb_stem_as_gray,
     strip_prefixes,
     timm_is_post_norm,
     to_focalnet,
@@ -358,6 +361,7 @@ def _read_folder_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if config.get("model_type") == "focalnet":
         try:  # a pure function of the file's values: a wrong type in them is the file's fault
             said = dict(arch=arch_from_hf_config(config), class_names=class_names_from_hf_config(config))
+            _gray_from_rgb(sd, config, said)
         except ConversionError:
             raise
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
@@ -618,11 +622,35 @@ def _write_timm(out: dict, arch: Mapping, path: Path, variant: Optional[str], cl
         return
     config, why_not = timm_config(arch, variant, class_names, pre)
     if why_not:
-        log.warning("%s: timm cannot build this model (%s); focalnet.load_model reads the folder, "
-                    "timm.create_model('local-dir:...') will refuse it", path, why_not)
+        log.info("%s: timm's own FocalNet cannot build this model (%s); timm.create_model('local-dir:...') builds "
+                 "it after `import focalnet` (architecture 'focalnet_custom')", path, why_not)
     with atomic_dir(path, overwrite=True) as tmp_dir:  # a full disk leaves no empty or half folder
         atomic_save_file(tmp_dir / "model.safetensors", lambda tmp: save_file(out, tmp, metadata={"format": "pt"}))
         atomic_json({**config, RECORD_KEY: record}, tmp_dir / "config.json")
+
+
+# config.json key of a Hugging Face folder whose RGB stem holds a grayscale model (`_gray_as_rgb`)
+HF_GRAY_STEM_KEY = "focalnet_gray_stem"
+
+
+def _gray_as_rgb(out: dict, arch: Mapping, pre: Mapping) -> tuple[dict, dict, dict]:
+    """A 1-channel model for transformers, whose pipeline and image processors turn every image into RGB: an
+    RGB stem with the luma conversion folded in (`gray_stem_as_rgb`), the gray mean/std on all three channels.
+    Our reader folds it back exactly (`_gray_from_rgb`)."""
+    stem = next(k for k in out if k.endswith("embeddings.patch_embeddings.projection.weight"))
+    out = {**out, stem: gray_stem_as_rgb(out[stem]).contiguous()}
+    pre = {**pre, "mean": list(pre["mean"]) * 3, "std": list(pre["std"]) * 3}
+    return out, {**arch, "in_chans": 3}, pre
+
+
+def _gray_from_rgb(sd: dict, config: Mapping, said: dict) -> None:
+    """Undo `_gray_as_rgb` on a folder we wrote (in place): the 1-channel stem and architecture back."""
+    if config.get(HF_GRAY_STEM_KEY) != list(GRAY_FROM_RGB) or said["arch"].get("in_chans") != 3:
+        return
+    stem = next((k for k in sd if k.endswith("embeddings.patch_embeddings.projection.weight")), None)
+    if stem is not None:
+        sd[stem] = rgb_stem_as_gray(sd[stem])
+        said["arch"] = {**said["arch"], "in_chans": 1}
 
 
 def _write_hf(out: dict, arch: Mapping, path: Path, class_names: Optional[list[str]], pre: Mapping, record: dict) -> None:
@@ -630,8 +658,13 @@ def _write_hf(out: dict, arch: Mapping, path: Path, class_names: Optional[list[s
 
     if path.suffix:
         raise CheckpointError(f"a Hugging Face checkpoint is a folder; got the file name {path}")
+    extra = {}
+    if int(arch.get("in_chans", 3)) == 1:
+        out, arch, pre = _gray_as_rgb(out, arch, pre)
+        extra = {HF_GRAY_STEM_KEY: list(GRAY_FROM_RGB)}
     # transformers refuses safetensors whose metadata format is not 'pt'
     with atomic_dir(path, overwrite=True) as tmp_dir:  # a full disk leaves no empty or half folder
         atomic_save_file(tmp_dir / "model.safetensors", lambda tmp: save_file(out, tmp, metadata={"format": "pt"}))
-        atomic_json({**hf_config(arch, class_names, img_size=pre["img_size"]), RECORD_KEY: record}, tmp_dir / "config.json")
+        config = {**hf_config(arch, class_names, img_size=pre["img_size"]), **extra, RECORD_KEY: record}
+        atomic_json(config, tmp_dir / "config.json")
         atomic_json(hf_preprocessor_config(pre), tmp_dir / "preprocessor_config.json")

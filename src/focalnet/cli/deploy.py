@@ -82,7 +82,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 @user_errors
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy import DEFAULT_VERIFY_SIZES, export_model, verify_export
+    import torch
+
+    from ..deploy import DEFAULT_VERIFY_SIZES, ExportError, export_model, verify_export
 
     args.device = "cpu"
     model = build_from_args(args)  # a checkpoint alone: its own architecture (a resized model included)
@@ -103,7 +105,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     # a dynamic export is checked at the example size (the one a checkpoint was trained at) and the usual ones
     sizes = tuple(dict.fromkeys([(h, w), *DEFAULT_VERIFY_SIZES])) if dynamic else ((h, w),)
     batches = (1, 2) if dynamic else (1,)
-    rows = verify_export(path, model, args.format, sizes=sizes, batch_sizes=batches, atol=args.atol)
+    try:
+        rows = verify_export(path, model, args.format, sizes=sizes, batch_sizes=batches, atol=args.atol)
+    except ExportError as e:
+        if args.format == "onnx" and args.exporter == "dynamo" and dynamic:  # seen with torch 2.6's exporter
+            raise ExportError(f"{e}; {path} is kept for inspection. The dynamo exporter of torch "
+                              f"{torch.__version__} may have fixed a shape: try --exporter torchscript") from None
+        raise
     runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
     worst = max(r["max_abs_diff"] for r in rows)
     print(f"checked with {runner} against PyTorch: max |diff| {worst:.2e} (tolerance {args.atol:g}) at "

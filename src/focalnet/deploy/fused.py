@@ -62,6 +62,7 @@ __all__ = [
     "is_fused",
     "DEFAULT_TILE_ROWS",
     "ONEDNN_FUSED_KERNELS",
+    "ONEDNN_PREPACK",
 ]
 
 # Pixels per tile of a stage. At 8192, a stage-1 tile of FocalNet-T (96 channels, 56 x 56 = 3136 px per image,
@@ -73,6 +74,8 @@ DEFAULT_TILE_ROWS = 8192
 
 # oneDNN's fused convolution + pointwise kernels (what inductor lowers conv + GELU / + add to on CPU)
 ONEDNN_FUSED_KERNELS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# oneDNN's weight reorder into its computing layout, done once (what inductor's freezing does for its kernels)
+ONEDNN_PREPACK = ONEDNN_FUSED_KERNELS and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 
 
 def is_fused(model: nn.Module) -> bool:
@@ -236,7 +239,7 @@ class FusedBlock(nn.Module):
 
     fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
 
-    def __init__(self, block: FocalNetBlock) -> None:
+    def __init__(self, block: FocalNetBlock, pack_hint: Optional[tuple[int, int]] = None) -> None:
         super().__init__()
         mod = block.modulation
         self.dim = mod.dim
@@ -249,39 +252,82 @@ class FusedBlock(nn.Module):
         self.mod_norm = copy.deepcopy(mod.norm)  # LayerNorm2d (use_post_norm_in_modulation) or Identity
         for name, t in weights.items():
             self.register_buffer(name, t)
+        self.pack_hint = pack_hint
+        self._packed: dict[str, tuple[Tensor, int, int]] = {}
+        if pack_hint is not None:
+            self.pack(pack_hint)
+
+    def pack(self, hw: tuple[int, int]) -> None:
+        """Reorder each convolution weight once into oneDNN's computing layout for maps of about `hw` pixels
+        (the layout oneDNN picks may depend on the size; any size computes correctly with it). Float32 CPU
+        weights only; the buffers stay as they are, and each packed copy is used only while its buffer is
+        unchanged (same storage, same version), so a later load_state_dict is never shadowed."""
+        self._packed = {}
+        if not ONEDNN_PREPACK:
+            return
+        with torch.no_grad():
+            for name, w in self.named_buffers(recurse=False):
+                if w.ndim != 4 or w.dtype != torch.float32 or w.device.type != "cpu":
+                    continue
+                groups = self.dim if name.startswith("focal_w") else 1
+                pad = w.shape[-1] // 2
+                size = [1, w.shape[1] * groups, *hw]
+                packed = torch.ops.mkldnn._reorder_convolution_weight(w, [pad] * 2, [1, 1], [1, 1], groups, size)
+                self._packed[name] = (packed, w._version, w.data_ptr())
+
+    def _weight(self, name: str, kernels: type[PlainKernels]) -> Tensor:
+        """The weight `name` for `kernels`: its packed copy for oneDNN's kernels while it is current."""
+        w = getattr(self, name)
+        if kernels is OneDNNKernels:
+            entry = self._packed.get(name)
+            if entry is not None and entry[1] == w._version and entry[2] == w.data_ptr():
+                return entry[0]
+        return w
+
+    def __getstate__(self) -> dict:
+        # packed oneDNN tensors cannot be pickled; they are derived data, rebuilt on unpickling (and deepcopy)
+        state = self.__dict__.copy()
+        state["_packed"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self.pack_hint is not None:
+            self.pack(self.pack_hint)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, focal_level={self.focal_level}, kernel_sizes={self.kernel_sizes}, "
                 f"post_norm={self.post_norm}")
 
-    def focal_weights(self) -> list[Tensor]:
-        return [getattr(self, f"focal_w{level}") for level in range(self.focal_level)]
+    def focal_weights(self, kernels: type[PlainKernels] = PlainKernels) -> list[Tensor]:
+        return [self._weight(f"focal_w{level}", kernels) for level in range(self.focal_level)]
 
     def forward(self, x: Tensor, kernels: type[PlainKernels] = PlainKernels) -> Tensor:
         # pre-norm: x + proj(FM(LN(x))), x + fc2(GELU(fc1(LN(x)))); post-norm: x + LN(proj(FM(x))), x + LN(fc2(...))
-        x = self._residual(x, self._modulation(x, kernels), self.proj_w, self.proj_b, self.norm1, kernels)
-        hidden = kernels.conv_gelu(x if self.post_norm else self.norm2(x), self.fc1_w, self.fc1_b)
-        return self._residual(x, hidden, self.fc2_w, self.fc2_b, self.norm2, kernels)
+        w = self._weight
+        x = self._residual(x, self._modulation(x, kernels), w("proj_w", kernels), self.proj_b, self.norm1, kernels)
+        hidden = kernels.conv_gelu(x if self.post_norm else self.norm2(x), w("fc1_w", kernels), self.fc1_b)
+        return self._residual(x, hidden, w("fc2_w", kernels), self.fc2_b, self.norm2, kernels)
 
     def _modulation(self, x: Tensor, kernels: type[PlainKernels]) -> Tensor:
         """q * h(z_out) of the paper, through the modulation's LayerNorm if the model has one: proj's input.
         Each map is dropped as soon as it is used, so that within a tile the allocator reuses its blocks."""
         C, L = self.dim, self.focal_level
         xn = x if self.post_norm else self.norm1(x)
-        ctx = kernels.conv(xn, self.ctx_w, self.ctx_b)  # z^0
-        qg = kernels.conv(xn, self.qg_w, self.qg_b)
+        ctx = kernels.conv(xn, self._weight("ctx_w", kernels), self.ctx_b)  # z^0
+        qg = kernels.conv(xn, self._weight("qg_w", kernels), self.qg_b)
         del xn
         q, gates = qg[:, :C], qg[:, C:]  # (B, C, H, W) and (B, L + 1, H, W) views
         # hierarchical contextualization and gated aggregation, accumulated in place into one buffer
         agg = None
-        for level, (k, w) in enumerate(zip(self.kernel_sizes, self.focal_weights())):
+        for level, (k, w) in enumerate(zip(self.kernel_sizes, self.focal_weights(kernels))):
             ctx = kernels.conv_gelu(ctx, w, None, padding=k // 2, groups=C)  # z^l
             gate = gates[:, level : level + 1]
             agg = ctx * gate if agg is None else agg.addcmul_(ctx, gate)
         agg.addcmul_(F.gelu(ctx.mean((2, 3), keepdim=True)), gates[:, L:])  # global context z^{L+1}: (B, C, 1, 1)
         del ctx
         # modulation: q interacts with the aggregated context (a fresh conv output: multiplied in place)
-        return self.mod_norm(kernels.conv(agg, self.h_w, self.h_b).mul_(q))
+        return self.mod_norm(kernels.conv(agg, self._weight("h_w", kernels), self.h_b).mul_(q))
 
     def _residual(self, x: Tensor, branch: Tensor, w: Tensor, b: Tensor, norm: nn.Module,
                   kernels: type[PlainKernels]) -> Tensor:
@@ -298,9 +344,10 @@ class FusedBlocks(nn.Module):
 
     fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
 
-    def __init__(self, blocks: Iterable[FocalNetBlock], tile_rows: Optional[int]) -> None:
+    def __init__(self, blocks: Iterable[FocalNetBlock], tile_rows: Optional[int],
+                 pack_hint: Optional[tuple[int, int]] = None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(FusedBlock(b) for b in blocks)
+        self.blocks = nn.ModuleList(FusedBlock(b, pack_hint) for b in blocks)
         self.tile_rows = tile_rows
 
     def forward(self, x: Tensor) -> Tensor:
@@ -319,11 +366,21 @@ class FusedBlocks(nn.Module):
         return x
 
 
-def _with_fused_blocks(model: _FocalNetBase, tile_rows: Optional[int]) -> _FocalNetBase:
+def _pack_hints(model: _FocalNetBase) -> list[tuple[int, int]]:
+    """(H, W) of the maps each block list sees at the model's own input size (its pretrained_cfg)."""
+    side = int(model.pretrained_cfg["input_size"][-1])
+    reductions = [info["reduction"] for info in model.feature_info]
+    if not isinstance(model, FocalNet):
+        reductions = reductions[:1]  # isotropic: one block list at the patch stride
+    return [(max(1, side // r),) * 2 for r in reductions]
+
+
+def _with_fused_blocks(model: _FocalNetBase, tile_rows: Optional[int], prepack: bool) -> _FocalNetBase:
     """A deep copy of `model` whose block lists are replaced by fused ones; the unfused blocks are not copied."""
     owners = list(model.stages) if isinstance(model, FocalNet) else [model]
+    hints = _pack_hints(model) if prepack else [None] * len(owners)
     # deepcopy puts what `memo` maps an object's id to in place of a copy of that object
-    memo = {id(owner.blocks): nn.ModuleList([FusedBlocks(owner.blocks, tile_rows)]) for owner in owners}
+    memo = {id(o.blocks): nn.ModuleList([FusedBlocks(o.blocks, tile_rows, hint)]) for o, hint in zip(owners, hints)}
     fused = copy.deepcopy(model, memo)
     fused.set_grad_checkpointing(False)  # nothing to recompute: a fused model has no backward of its own
     fused.set_activation_recompute(False)
@@ -338,7 +395,8 @@ class FusedFocalNet(nn.Module):
     blocks are fused; no training switches, no intermediates, no hook points in the blocks.
     """
 
-    def __init__(self, model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS) -> None:
+    def __init__(self, model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True
+                 ) -> None:
         super().__init__()
         if not isinstance(model, (FocalNet, FocalNetIsotropic)):
             raise TypeError(f"fuse_for_inference expects a FocalNet or FocalNetIsotropic, got {type(model).__name__}")
@@ -346,7 +404,7 @@ class FusedFocalNet(nn.Module):
             raise ValueError(f"tile_rows must be a positive number of pixels (or None for no tiling), got {tile_rows}")
         self.tile_rows = tile_rows
         with torch.no_grad():
-            self.model = _with_fused_blocks(model, tile_rows)
+            self.model = _with_fused_blocks(model, tile_rows, prepack)
         self.in_chans = model.in_chans
         self.num_classes = model.num_classes
         self.num_features = model.num_features
@@ -374,9 +432,12 @@ class FusedFocalNet(nn.Module):
         return self.model(x)
 
 
-def fuse_for_inference(model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS) -> FusedFocalNet:
+def fuse_for_inference(model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True
+                       ) -> FusedFocalNet:
     """A fused, inference-only copy of `model` (a FocalNet or FocalNetIsotropic); `model` is not changed.
 
     tile_rows: pixels per batch tile of a stage on the CPU fast path (None: the whole batch at once).
+    prepack: reorder the convolution weights once into oneDNN's layout (float32 CPU weights; False: on each call,
+    as plain PyTorch does). The layout is chosen for the model's own input size; other sizes compute the same.
     """
-    return FusedFocalNet(model, tile_rows=tile_rows)
+    return FusedFocalNet(model, tile_rows=tile_rows, prepack=prepack)

@@ -6,8 +6,9 @@ The plan has three moments, each a function here:
    times into a number of optimizer steps (the cosine schedule ends exactly there, inside an epoch if need be);
 2. after the first epoch, `replan_updates` redoes the sum with that epoch's real timings (the probe's few
    steps can be off by tens of %);
-3. before every later epoch, `overruns` says whether another epoch would overrun the budget, and the run
-   stops early.
+3. before every later epoch, `overruns` says whether the next epoch would overrun the budget; if so the steps
+   left are re-planned (`replan_updates` again) to fit the time left, and the run stops early only when not
+   one more step fits.
 
 All but `time_steps` are pure functions of the times they are given.
 """

@@ -116,7 +116,7 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda, cuda:N")
     time_budget: Optional[float] = _f(None, "seconds of training: the optimizer steps are chosen to fit (measured on "
                                             "the first steps, re-planned after the first epoch; the last epoch may "
-                                            "be partial) and the run stops early if it would overrun")
+                                            "be partial; re-planned again before an epoch that would overrun)")
     eval_every: Optional[int] = _f(None, "evaluate every N epochs and after the last (default: every epoch, or every "
                                          "few when an epoch is so short that evaluating would cost more than training)")
     tensorboard: bool = _f(False, "write TensorBoard logs to OUTPUT/tensorboard")

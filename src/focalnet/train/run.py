@@ -406,8 +406,8 @@ def begin(setup: Setup, data: Data, parts: Parts, plan: Plan) -> Run:
 
 
 def run_epochs(run: Run) -> None:
-    """Epoch after epoch: train, evaluate, re-plan (once, --time-budget), checkpoint and report, until the
-    planned epochs are done or another epoch would overrun the time budget."""
+    """Epoch after epoch: train, evaluate, re-plan (--time-budget: after the first epoch, and before any epoch that
+    would overrun), checkpoint and report, until the planned epochs are done."""
     cfg, env, p = run.setup.cfg, run.setup.env, run.progress
     epoch = p.start_epoch - 1
     while epoch + 1 < run.plan.epochs:  # `epochs` may be re-planned after the first epoch (--time-budget)
@@ -508,19 +508,27 @@ def _evaluate_epoch(run: Run, record: dict) -> None:
 
 
 def _replan(run: Run, epoch: int, record: dict) -> None:
-    """After the first epoch of a --time-budget run: the steps that fit, from that epoch's real timings;
-    the cosine is rebuilt to end there."""
-    setup, data, plan, p = run.setup, run.data, run.plan, run.progress
+    """After the first epoch of a --time-budget run: the steps that fit, from that epoch's real timings."""
     # every process must take the same decision: the slowest one's timings
-    spent = all_reduce(torch.tensor([record["elapsed"], p.update_times[-1], p.overheads[-1]], dtype=torch.float64),
-                       op="max")
-    total = budget.replan_updates(setup.cfg.time_budget, elapsed_s=float(spent[0]), update_s=float(spent[1]),
-                                  overhead_s=float(spent[2]), steps_done=p.global_step,
-                                  updates_per_epoch=data.updates_per_epoch)
-    if total == plan.total_updates:
-        return
-    setup.env.say(f"time budget: the first epoch took {record['epoch_time']:.0f} s -> {total} optimizer "
-                  f"steps ({total / data.updates_per_epoch:.2f} epochs) instead of {plan.total_updates}")
+    spent = all_reduce(torch.tensor([record["elapsed"], run.progress.update_times[-1], run.progress.overheads[-1]],
+                                    dtype=torch.float64), op="max")
+    total = _updates_that_fit(run, *(float(v) for v in spent))
+    if total != run.plan.total_updates:
+        _set_total_updates(run, epoch, total, f"the first epoch took {record['epoch_time']:.0f} s")
+
+
+def _updates_that_fit(run: Run, elapsed_s: float, update_s: float, overhead_s: float) -> int:
+    return budget.replan_updates(run.setup.cfg.time_budget, elapsed_s=elapsed_s, update_s=update_s,
+                                 overhead_s=overhead_s, steps_done=run.progress.global_step,
+                                 updates_per_epoch=run.data.updates_per_epoch)
+
+
+def _set_total_updates(run: Run, epoch: int, total: int, why: str) -> None:
+    """Re-plan the run to end after `total` optimizer steps (after epoch `epoch`, counted from 0): the epochs
+    left, and the cosine rebuilt to end exactly there, continuing from the current step."""
+    setup, data, plan, p = run.setup, run.data, run.plan, run.progress
+    setup.env.say(f"time budget: {why} -> {total} optimizer steps ({total / data.updates_per_epoch:.2f} epochs) "
+                  f"instead of {plan.total_updates}")
     plan.total_updates = total
     plan.epochs = epoch + 1 + math.ceil((total - p.global_step) / data.updates_per_epoch)
     setup.recipe = setup.recipe.replace(epochs=plan.epochs)
@@ -533,16 +541,27 @@ def _replan(run: Run, epoch: int, record: dict) -> None:
 
 
 def _out_of_time(run: Run, epoch: int, record: dict) -> bool:
-    """Whether another epoch would overrun --time-budget; if so the run stops here, with a warning, and
-    the final weights are evaluated if this epoch did not."""
+    """Whether the run stops here. When the next epoch would overrun --time-budget, the steps left are first
+    re-planned to fit the time left (the cosine rebuilt to end there): stopping instead would leave the rest of
+    the budget unused and the learning rate not annealed. Only when not one more step fits does the run stop,
+    with a warning, and the final weights are evaluated if this epoch did not."""
     cfg, p = run.setup.cfg, run.progress
+    update_s, overhead_s = budget.median(p.update_times), budget.median(p.overheads)
+    # every process must take the same decision: the slowest one's timings
+    spent = [float(v) for v in all_reduce(torch.tensor([record["elapsed"], update_s, overhead_s], dtype=torch.float64),
+                                          op="max")]
     next_epoch = budget.next_epoch_seconds(remaining_updates=run.plan.total_updates - p.global_step,
                                            updates_per_epoch=run.data.updates_per_epoch,
-                                           update_times=p.update_times, overheads=p.overheads)
-    if not budget.overruns(cfg.time_budget, elapsed_s=record["elapsed"], next_epoch_s=next_epoch):
+                                           update_times=[spent[1]], overheads=[spent[2]])
+    if not budget.overruns(cfg.time_budget, elapsed_s=spent[0], next_epoch_s=next_epoch):
         return False
-    p.stopped_early = (f"stopped after epoch {epoch + 1} of {run.plan.epochs}: another epoch "
-                       f"(about {next_epoch:.0f} s) would overrun the time budget of {cfg.time_budget:.0f} s")
+    total = _updates_that_fit(run, *spent)
+    if total > p.global_step:
+        _set_total_updates(run, epoch, total, f"the next epoch (about {next_epoch:.0f} s) would end after "
+                           f"{spent[0] + next_epoch:.0f} s")
+        return False
+    p.stopped_early = (f"stopped after epoch {epoch + 1} of {run.plan.epochs}: not one more step fits in the "
+                       f"time budget of {cfg.time_budget:.0f} s")
     run.setup.env.say("warning: " + p.stopped_early)
     if p.final_eval is None or "test_top1" not in record:
         p.final_eval = _evaluate(run, unwrap_model(run.parts.model))
