@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
-from .errors import FocalNetError
+from .errors import FocalNetError, limit_from_env
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,16 +73,7 @@ MAX_IMAGE_SIDE = 4096
 
 def max_image_side() -> int:
     """The configured cap on resize targets: $FOCALNET_MAX_IMAGE_SIDE if set, else MAX_IMAGE_SIDE."""
-    raw = os.environ.get("FOCALNET_MAX_IMAGE_SIDE")
-    if raw is None or raw.strip() == "":
-        return MAX_IMAGE_SIDE
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise PreprocessingError(f"FOCALNET_MAX_IMAGE_SIDE must be a positive number of pixels, got {raw!r}")
-    return value
+    return limit_from_env("FOCALNET_MAX_IMAGE_SIDE", MAX_IMAGE_SIDE, "pixels", PreprocessingError)
 
 
 def check_image_side(side: Any, what: str = "the image size") -> int:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Mapping, Optional
 
 import torch
 
+from ..errors import limit_from_env
 from .convert import ConversionError
 
 __all__ = [
@@ -117,14 +117,7 @@ MAX_MODEL_BYTES = 16 * 2**30
 
 def max_model_bytes() -> int:
     """The cap on a file's model size in bytes: $FOCALNET_MAX_MODEL_BYTES if set, else MAX_MODEL_BYTES."""
-    raw = os.environ.get("FOCALNET_MAX_MODEL_BYTES", "").strip()
-    try:
-        value = int(float(raw)) if raw else MAX_MODEL_BYTES
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise ConversionError(f"FOCALNET_MAX_MODEL_BYTES must be a positive number of bytes, got {raw!r}")
-    return value
+    return limit_from_env("FOCALNET_MAX_MODEL_BYTES", MAX_MODEL_BYTES, "bytes", ConversionError)
 
 
 def _is_int(v: object) -> bool:

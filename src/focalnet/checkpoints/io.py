@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..errors import FocalNetError
+from ..errors import FocalNetError, limit_from_env
 from ..utils import atomic_dir, atomic_json, atomic_save_file, atomic_torch_save
 from .arch import (
     validate_arch,
@@ -180,14 +180,7 @@ _EXPANSION_SLACK = 64 * 2**20
 
 def max_checkpoint_bytes() -> int:
     """$FOCALNET_MAX_CHECKPOINT_BYTES if set, else MAX_CHECKPOINT_BYTES."""
-    raw = os.environ.get("FOCALNET_MAX_CHECKPOINT_BYTES", "").strip()
-    try:
-        value = int(float(raw)) if raw else MAX_CHECKPOINT_BYTES
-    except (ValueError, OverflowError):
-        value = 0
-    if value < 1:
-        raise CheckpointError(f"FOCALNET_MAX_CHECKPOINT_BYTES must be a positive number of bytes, got {raw!r}")
-    return value
+    return limit_from_env("FOCALNET_MAX_CHECKPOINT_BYTES", MAX_CHECKPOINT_BYTES, "bytes", CheckpointError)
 
 
 def _declared_tensor_bytes(path: Path, file_size: int) -> int:
@@ -633,11 +626,16 @@ def _write_timm(out: dict, arch: Mapping, path: Path, variant: Optional[str], cl
 HF_GRAY_STEM_KEY = "focalnet_gray_stem"
 
 
+def _hf_stem(sd: Mapping) -> Optional[str]:
+    """The name of the stem's weight in a transformers state dict (with or without the `focalnet.` prefix)."""
+    return next((k for k in sd if k.endswith("embeddings.patch_embeddings.projection.weight")), None)
+
+
 def _gray_as_rgb(out: dict, arch: Mapping, pre: Mapping) -> tuple[dict, dict, dict]:
     """A 1-channel model for transformers, whose pipeline and image processors turn every image into RGB: an
     RGB stem with the luma conversion folded in (`gray_stem_as_rgb`), the gray mean/std on all three channels.
     Our reader folds it back exactly (`_gray_from_rgb`)."""
-    stem = next(k for k in out if k.endswith("embeddings.patch_embeddings.projection.weight"))
+    stem = _hf_stem(out)
     out = {**out, stem: gray_stem_as_rgb(out[stem]).contiguous()}
     pre = {**pre, "mean": list(pre["mean"]) * 3, "std": list(pre["std"]) * 3}
     return out, {**arch, "in_chans": 3}, pre
@@ -647,7 +645,7 @@ def _gray_from_rgb(sd: dict, config: Mapping, said: dict) -> None:
     """Undo `_gray_as_rgb` on a folder we wrote (in place): the 1-channel stem and architecture back."""
     if config.get(HF_GRAY_STEM_KEY) != list(GRAY_FROM_RGB) or said["arch"].get("in_chans") != 3:
         return
-    stem = next((k for k in sd if k.endswith("embeddings.patch_embeddings.projection.weight")), None)
+    stem = _hf_stem(sd)
     if stem is not None:
         sd[stem] = rgb_stem_as_gray(sd[stem])
         said["arch"] = {**said["arch"], "in_chans": 1}

@@ -107,7 +107,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..checkpoints import read_checkpoint, write_checkpoint
     from ..factory import resolve_variant
-    from ..registry import get_spec
+    from ..registry import describe_arch, get_spec
     from ..utils import check_output
 
     out = Path(args.output)
@@ -127,7 +127,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         variant, arch = resolve_variant(ckpt)
     write_checkpoint(ckpt.state_dict, arch, out, fmt=args.to, variant=variant, class_names=ckpt.class_names,
                      preprocessing=ckpt.preprocessing)
-    print(f"wrote {out} ({args.to} layout, {variant or 'custom architecture'}, {ckpt.num_classes} classes)")
+    gray_as_rgb = ""
+    if args.to == "hf" and arch.get("in_chans") == 1:  # what transformers' folder of a grayscale model is
+        gray_as_rgb = " (takes RGB: the grayscale conversion is in its stem)"
+    print(f"wrote {out} ({args.to} layout, {describe_arch(arch, variant)}, {ckpt.num_classes} classes){gray_as_rgb}")
     return 0
 
 
