@@ -3,6 +3,7 @@ observation contract of the default forward, and the benchmark's plumbing (no ti
 from __future__ import annotations
 
 import json
+import platform
 from collections import Counter
 
 import pytest
@@ -500,6 +501,8 @@ def test_inductor_fuses_every_gelu_into_its_convolution():
         out, (code, *_) = run_and_get_code(torch.compile(model, fullgraph=True), x)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     if not fused_module.ONEDNN_FUSED_KERNELS:
+        # every x86-64 build of torch has them (CI runs there): missing on one is a fault, not a skip
+        assert platform.machine().lower() not in ("x86_64", "amd64"), "this x86-64 torch has no oneDNN fused kernels"
         pytest.skip("this torch build has no oneDNN fused convolutions: inductor keeps ATen's")
     blocks = _blocks(model)
     assert code.count("'gelu'") == sum(b.modulation.focal_level + 1 for b in blocks)
