@@ -1,18 +1,18 @@
 """One check of every CUDA path of focalnet on one NVIDIA GPU, in at most 8 minutes (issue 16).
 
     .venv/bin/python benchmarks/gpu_check.py --out gpu_check_results
-    .venv/bin/python benchmarks/gpu_check.py --only parity --only bench
+    .venv/bin/python benchmarks/gpu_check.py --only bf16 --only bench
 
 Sections, each a function below with its own time limit:
 - cuda_tests: `pytest -m cuda tests/test_cuda.py` (ours vs timm in float32, fused / compiled vs eager, the dense
-  models, export from a GPU model, an AMP step; they skip cleanly without a GPU);
-- parity: ours vs timm's FocalNet-T with the same weights (float32 within 1e-4, TF32 off), bf16 autocast on real
-  photos (cosine >= 0.999, same top-1), ours fused and compiled vs eager;
+  models, export from a GPU model, an AMP step; they skip cleanly without a GPU): the parity checks live there;
+- bf16: bf16 autocast against float32 on real photos with trained-like weights (cosine >= 0.999, same top-1
+  where the float32 margin is clear), what benchmarks/bf16_agreement.py measures on the CPU, with its helpers;
 - training: a few steps in bf16 and in fp16 with a GradScaler on a real Fashion-MNIST batch (loss finite and
   falling); peak memory of ours with `set_activation_recompute(True)` vs timm's FocalNet-T;
-- torchrun: `torchrun --nproc_per_node 1` running `focalnet train --amp fp16`, killed after its first checkpoint
+- torchrun: `torchrun --nproc_per_node 1` running `focalnet train --precision fp16`, killed after its first checkpoint
   and continued with `--resume`; and DistributedDataParallel over an NCCL group of one process, because
-  `focalnet train` joins no process group at world size 1 (train.loop.init_distributed: only when world > 1);
+  `focalnet train` joins no process group at world size 1 (train.distributed.init_distributed: only when world > 1);
 - bench: `focalnet bench --device cuda` for ours, timm, ConvNeXt-T and Swin-T, b1 and b64, eager float32, eager
   bf16, compiled bf16, compiled float32 (in that order, as many as the time allows), with the fraction of the
   device's peak FLOP/s;
@@ -51,7 +51,6 @@ VARIANT = "focalnet_tiny_srf"
 TIMM_NAME = "focalnet_tiny_srf"  # timm's FocalNet-T, same architecture (tests/test_parity.py)
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1))  # --cpu-smoke: every stage, toy width
 SMOKE_SLOWDOWN = 5.0  # --cpu-smoke: time limits and budget times this
-FP32_ATOL = 1e-4  # per unit of logit scale: max|a - b| <= FP32_ATOL * max(1, max|b|)
 
 
 class Skip(Exception):
@@ -132,82 +131,15 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _import_first(*candidates: tuple[str, str]) -> Any:
-    """The first of (module, attribute) that imports: the deploy / train modules are being moved (issue 11)."""
-    import importlib
-
-    errors = []
-    for module, attr in candidates:
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            errors.append(f"{module}.{attr}: {e}")
-    raise ImportError("; ".join(errors))
-
-
-def fuse_for_inference(model: Any) -> Any:
-    return _import_first(("focalnet.deploy", "fuse_for_inference"), ("focalnet.deploy.fused", "fuse_for_inference"))(model)
-
-
-def _photo_sources() -> list:
-    """foolbox's 20 ImageNet photos (files in its wheel) and scikit-image's colour photos (arrays)."""
-    import importlib.util
-
-    sources: list = []
-    spec = importlib.util.find_spec("foolbox")  # found, not imported: foolbox itself pulls in eagerpy
-    if spec is not None and spec.origin:
-        sources += sorted((Path(spec.origin).parent / "data").glob("imagenet_*.jpg"))
-    try:
-        import skimage.data
-
-        for name in ("astronaut", "chelsea", "coffee", "rocket"):
-            try:
-                sources.append(getattr(skimage.data, name)())
-            except Exception:  # a photo this scikit-image does not ship (or would download) is just left out
-                pass
-    except ImportError:
-        pass
-    return sources
-
-
 def photos(size: int = 224) -> Any:
-    """(N, 3, size, size) float32 photos, normalised with ImageNet's statistics; Skip if there are none."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    """benchmarks/bf16_agreement.py's photos (foolbox's and scikit-image's), normalised; Skip if there are none."""
+    from bf16_agreement import NoPhotos
+    from bf16_agreement import photos as load_photos
 
-    from focalnet.images import IMAGENET_MEAN, IMAGENET_STD, load_image
-
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    out = []
-    for src in _photo_sources():
-        img = load_image(src, "RGB").resize((size, size), Image.BICUBIC)
-        out.append((torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255 - mean) / std)
-    if not out:
-        raise Skip("no photos: install foolbox or scikit-image (the dev extras)")
-    return torch.stack(out)
-
-
-def trained_like(model: Any, seed: int = 0) -> Any:
-    """Give random weights a trained model's statistics, so that logits spread over several units and a
-    top-1 comparison means something (no trained weights can be downloaded here; benchmarks/bf16_agreement.py):
-    every matrix std 1/sqrt(fan_in), every 1-D parameter moved off its init, the classifier scaled up."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
-        model.get_classifier().weight.mul_(4.0)
-    return model
-
-
-def _scaled_diff(a: Any, b: Any) -> float:
-    """max|a - b| per unit of b's scale (1 for logits below 1)."""
-    return float((a.float() - b.float()).abs().max() / max(1.0, float(b.float().abs().max())))
+    try:
+        return load_photos(size)
+    except NoPhotos as e:
+        raise Skip(str(e)) from None
 
 
 def _strict_fp32() -> None:
@@ -254,75 +186,27 @@ def _junit_counts(path: Path) -> dict:
     return counts
 
 
-def _twins(ctx: Context, tmp: Path) -> tuple[Any, Any, float]:
-    """Ours (trained-like weights) and timm's FocalNet-T loaded by timm itself from our weights written in timm's
-    layout; and how far our model read back from timm's own state dict is from ours (0 if the readers agree)."""
-    import timm
+def section_bf16(ctx: Context) -> Result:
+    """bf16 autocast against float32 on photos, trained-like weights (benchmarks/bf16_agreement.py's measure)."""
     import torch
+    from bf16_agreement import agreement, trained_like
 
     import focalnet
 
-    kw = _arch_kw(ctx)
-    ours = trained_like(focalnet.create_model(VARIANT, num_classes=1000, **kw)).eval()
-    path = focalnet.write_checkpoint(ours.state_dict(), ours.arch, tmp / "timm_layout.safetensors", fmt="timm")
-    if ctx.small:  # timm's registered entries fix the width: its class, and its own file loader
-        from timm.models.focalnet import FocalNet as TimmFocalNet
-
-        ref = TimmFocalNet(**kw)
-        timm.models.load_checkpoint(ref, str(path), strict=True)
-    else:  # timm's pretrained path (file -> its checkpoint filter -> strict load), as for released weights
-        ref = timm.create_model(TIMM_NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    ref.eval()
-    torch.save(ref.state_dict(), tmp / "timm_state_dict.pth")
-    back = focalnet.create_model(VARIANT, pretrained=tmp / "timm_state_dict.pth", **kw).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        read_back = float((back(x) - ours(x)).abs().max())
-    return ours, ref, read_back
-
-
-def section_parity(ctx: Context) -> Result:
-    """Ours vs timm in float32; bf16 autocast vs float32 on photos; fused and compiled vs eager."""
-    import tempfile
-
-    import torch
-    import torch.nn.functional as F
-
     _strict_fp32()
     dev = torch.device(ctx.device)
-    with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
-        ours, ref, read_back = _twins(ctx, Path(tmp))
-    ours, ref = ours.to(dev), ref.to(dev)
+    torch.manual_seed(0)
+    ours = trained_like(focalnet.create_model(VARIANT, num_classes=1000, **_arch_kw(ctx))).eval().to(dev)
     x = photos(96 if ctx.small else 224).to(dev)
-    d: dict = dict(photos=len(x), read_back_max_abs=read_back)
     with torch.inference_mode():
         logits = ours(x)
-        d["fp32_vs_timm"] = _scaled_diff(logits, ref(x))
-        d["logit_max"] = float(logits.abs().max())
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            low = ours(x).float()
-        err = float((low - logits).abs().max())
-        top2 = logits.topk(2, dim=1).values
-        clear = (top2[:, 0] - top2[:, 1]) > 2 * err  # a flip inside the bf16 error is rounding, not a disagreement
-        agree = low.argmax(1) == logits.argmax(1)
-        d.update(bf16_cosine_min=float(F.cosine_similarity(low, logits, dim=1).min()), bf16_max_abs=err,
-                 bf16_top1_agree=int(agree.sum()), bf16_clear=int(clear.sum()), bf16_clear_agree=int(agree[clear].sum()))
-        d["fused_vs_eager"] = _scaled_diff(fuse_for_inference(ours)(x), logits)
-    ctx.log("compiling ours (torch.compile, inference)")
-    compiled = torch.compile(ours)
-    with torch.inference_mode():
-        d["compiled_vs_eager"] = _scaled_diff(compiled(x), logits)
-    checks = dict(
-        read_back=read_back <= FP32_ATOL * max(1.0, d["logit_max"]), fp32=d["fp32_vs_timm"] <= FP32_ATOL,
-        bf16_cosine=d["bf16_cosine_min"] >= 0.999, bf16_top1=d["bf16_clear_agree"] == d["bf16_clear"],
-        fused=d["fused_vs_eager"] <= FP32_ATOL, compiled=d["compiled_vs_eager"] <= FP32_ATOL,
-    )
-    d["checks"] = checks
-    figure = (f"fp32 vs timm {d['fp32_vs_timm']:.1e}; bf16 cos {d['bf16_cosine_min']:.4f}, top-1 "
-              f"{d['bf16_top1_agree']}/{len(x)} (clear {d['bf16_clear_agree']}/{d['bf16_clear']}); "
-              f"fused {d['fused_vs_eager']:.1e}, compiled {d['compiled_vs_eager']:.1e}")
-    failed = [k for k, v in checks.items() if not v]
-    return Result(not failed, figure + (f"; FAILED: {', '.join(failed)}" if failed else ""), d)
+            d = agreement(ours(x), logits)
+    d["logit_max"] = float(logits.abs().max())
+    ok = d["cosine_min"] >= 0.999 and d["clear_agree"] == d["clear"]
+    figure = (f"bf16 cos {d['cosine_min']:.4f}, max |diff| {d['max_abs']:.2e}, top-1 {d['top1_agree']}/{d['n']} "
+              f"(clear {d['clear_agree']}/{d['clear']})")
+    return Result(ok, figure + ("" if ok else "; FAILED"), d)
 
 
 def _real_batch(ctx: Context, n: int) -> tuple[Any, Any, str]:
@@ -453,8 +337,8 @@ def _first_run_args(ctx: Context, run: Path) -> list[str]:
         size = ["--limit-train", "512", "--limit-eval", "128", "--arch", "embed_dim=8", "depths=[1,1]", "patch_size=2"]
     else:
         size = ["--limit-train", "16384", "--limit-eval", "2000", "--arch", "embed_dim=32", "depths=[2,2,2]", "patch_size=2"]
-    amp = "none" if ctx.device == "cpu" else "fp16"  # fp16: autocast with the loop's GradScaler, saved and resumed
-    return [*data, *size, "--batch-size", "128", "--epochs", "4", "--amp", amp, "--device", ctx.device,
+    precision = "fp32" if ctx.device == "cpu" else "fp16"  # fp16: autocast with the loop's GradScaler, saved and resumed
+    return [*data, *size, "--batch-size", "128", "--epochs", "4", "--precision", precision, "--device", ctx.device,
             "--workers", "0", "--output", str(run)]
 
 
@@ -555,22 +439,22 @@ def ddp_child(device: str, small: bool) -> int:
 
 
 BENCH_IMPLS = ("ours", "timm", "convnext_t", "swin_t")
-# (dtype, compiled), most telling first. Compiled runs measure b64 only: compiling the four models takes about a
+# (precision, compiled), most telling first. Compiled runs measure b64 only: compiling the four models takes about a
 # minute per input shape, and b1 would be a second shape; 8 minutes do not hold both dtypes twice.
-BENCH_RUNS = (("float32", False), ("bfloat16", False), ("bfloat16", True), ("float32", True))
+BENCH_RUNS = (("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True))
 
 
 def _bench_rows(path: Path) -> list[dict]:
     """The rows of one `focalnet bench --json` file, with the fraction of the device's peak FLOP/s."""
     import torch
 
-    peak_of = _import_first(("focalnet.deploy.bench", "device_peak_flops"), ("focalnet.deploy", "device_peak_flops"))
+    from focalnet.deploy.bench import device_peak_flops
     rows = []
     for r in json.loads(path.read_text())["results"]:
-        peak = peak_of(torch.device(r["device"]), r["dtype"])
+        peak = device_peak_flops(torch.device(r["device"]), r["precision"])
         flops = r.get("flops_per_img")
         frac = flops * r["median_img_s"] / peak if (peak and flops) else None
-        rows.append(dict(impl=r["impl"], batch=r["batch_size"], dtype=r["dtype"], compiled=r["compiled"],
+        rows.append(dict(impl=r["impl"], batch=r["batch_size"], precision=r["precision"], compiled=r["compiled"],
                          img_s=r["median_img_s"], ms=r["median_ms"], peak_fraction=frac))
     return rows
 
@@ -581,14 +465,14 @@ def section_bench(ctx: Context) -> Result:
         raise Skip("cpu smoke: bench is for the GPU (its CPU paths have their own tests)")
     d: dict = dict(runs=[], not_run=[])
     ok = True
-    for dtype, compiled in BENCH_RUNS:
-        tag = f"{dtype}_{'compiled' if compiled else 'eager'}"
+    for precision, compiled in BENCH_RUNS:
+        tag = f"{precision}_{'compiled' if compiled else 'eager'}"
         if ctx.left() < (60 if compiled else 20):
             d["not_run"].append(tag)
             continue
         path = Path(ctx.out, f"bench_{tag}.json")
         cmd = [sys.executable, "-m", "focalnet.cli", "bench", "--device", "cuda", "--model", VARIANT,
-               *[a for impl in BENCH_IMPLS for a in ("--impl", impl)], "--batch-size", "64", "--dtype", dtype,
+               *[a for impl in BENCH_IMPLS for a in ("--impl", impl)], "--batch-size", "64", "--precision", precision,
                "--warmup", "3", "--rounds", "10", "--json", path] + (["--compile"] if compiled else ["--latency"])
         try:
             proc = _run(cmd, ctx, f"bench_{tag}")
@@ -627,8 +511,10 @@ def _detection_batch(size: tuple[int, int], device: str, n: int = 2) -> tuple[li
     import torch
     import torch.nn.functional as F
 
+    from focalnet.images import IMAGENET_MEAN, IMAGENET_STD
+
     x = photos(224)[:n]
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     images = [F.interpolate((p * std + mean)[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
               for p in x]
     H, W = size
@@ -684,7 +570,7 @@ def section_maskrcnn(ctx: Context) -> Result:
 
 SECTIONS = (
     Section("cuda_tests", section_cuda_tests, 55, "pytest -m cuda tests/test_cuda.py"),
-    Section("parity", section_parity, 70, "ours vs timm (fp32), bf16 on photos, fused / compiled vs eager"),
+    Section("bf16", section_bf16, 30, "bf16 autocast vs float32 on photos (parity: cuda_tests)"),
     Section("training", section_training, 50, "bf16 / fp16 + GradScaler steps, recompute memory vs timm"),
     Section("torchrun", section_torchrun, 70, "torchrun focalnet train, kill, --resume; DDP over NCCL"),
     Section("bench", section_bench, 190, "focalnet bench --device cuda, 4 models, eager / compiled, fp32 / bf16"),

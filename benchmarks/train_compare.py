@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,10 @@ from focalnet.utils import atomic_json, atomic_write  # noqa: E402
 from focalnet.train import TrainConfig, load_yaml_config, train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.yaml"
+MODELS = ("focalnet", "swin", "convnext", "focalnet_iso", "vit")
+# the isotropic pair (benchmarks/claims.py, row 2): 7x7 tokens of 4x4 px, 6 blocks of width 64, MLP ratio 4;
+# the ViT's 2 heads keep DeiT's 32 channels per head as close as this width allows
+ISO = dict(patch=4, width=64, depth=6, heads=2, mlp_ratio=4.0)
 
 
 def build(name: str) -> nn.Module:
@@ -62,7 +67,19 @@ def build(name: str) -> nn.Module:
 
         return ConvNeXt(in_chans=1, num_classes=10, depths=(0, 3, 2, 3), dims=(32, 32, 64, 128), patch_size=1,
                         drop_path_rate=0.05)
-    raise ValueError(f"unknown model {name!r}; choose focalnet, swin, convnext")
+    if name == "focalnet_iso":  # the isotropic FocalNet: ViT's layout with focal modulation for attention
+        import focalnet
+
+        return focalnet.create_model("focalnet_tiny_iso", in_chans=1, num_classes=10, drop_path_rate=0.05,
+                                     embed_dim=ISO["width"], depth=ISO["depth"], patch_size=ISO["patch"],
+                                     mlp_ratio=ISO["mlp_ratio"])
+    if name == "vit":  # DeiT-style ViT (class token, learned positions) with the same patch, width, depth, MLP
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(img_size=28, patch_size=ISO["patch"], in_chans=1, num_classes=10,
+                                 embed_dim=ISO["width"], depth=ISO["depth"], num_heads=ISO["heads"],
+                                 mlp_ratio=ISO["mlp_ratio"], drop_path_rate=0.05)
+    raise ValueError(f"unknown model {name!r}; choose {', '.join(MODELS)}")
 
 
 def probe_rates(name: str, *, batch: int, rounds: int = 4, block: int = 5) -> dict:
@@ -134,7 +151,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="focalnet,swin,convnext")
+    p.add_argument("--models", default="focalnet,swin,convnext", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--time-budget", type=float, default=600.0, help="seconds of training per model and seed")
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (at least 3 for a mean ± sd)")
     p.add_argument("--path", choices=("auto", "eager", "compiled"), default="auto",
@@ -184,11 +201,20 @@ def main() -> int:
 
 
 def train_one(name: str, seed: int, path: str, size: tuple, base: dict, args: argparse.Namespace) -> dict:
+    return train_model(name, seed=seed, path=path, size=size, base=base, data=args.data,
+                       output=f"{args.output}/{name}-seed{seed}", time_budget=args.time_budget)
+
+
+def train_model(name: str, *, seed: int, path: str, size: tuple, base: dict, data: str, output: str,
+                time_budget: Optional[float] = None, epochs: Optional[int] = None, extra: Optional[dict] = None) -> dict:
+    """Train `name` once with the shared recipe `base`: for `time_budget` seconds (steps fitted to it), or for
+    `epochs` whole epochs (the same optimizer steps for every model). `extra`: more TrainConfig fields."""
     torch.manual_seed(seed)  # the model's initial weights differ per seed as well
     model = build(name)
-    cfg = TrainConfig.from_dict({**base, "data": args.data, "time_budget": args.time_budget, "seed": seed,
+    end = {"time_budget": time_budget} if time_budget is not None else {"time_budget": None, "epochs": epochs}
+    cfg = TrainConfig.from_dict({**base, "data": data, **end, "seed": seed,
                                  "compile": "on" if path == "compiled" else "off",
-                                 "output": f"{args.output}/{name}-seed{seed}", "progress": "off", "overwrite": True})
+                                 "output": output, "progress": "off", "overwrite": True, **(extra or {})})
     t0 = time.perf_counter()
     s = train(cfg, model=model)
     params, macs = size

@@ -1,7 +1,7 @@
 """Training-step throughput of small FocalNets at 28 px: how the main job's model was chosen, and whether
 compiling its training step pays on this machine (the rule behind `focalnet train --compile auto`).
 
-    PYTHONPATH=src python benchmarks/train_step_speed.py [--batch-sizes 128 256] [--amp bf16]
+    PYTHONPATH=src python benchmarks/train_step_speed.py [--batch-sizes 128 256] [--precision bf16]
     PYTHONPATH=src python benchmarks/train_step_speed.py --only "1-2-2" --batch-sizes 128 --compile
 
 For each resized focalnet_tiny_srf: forward + cross-entropy + backward + AdamW step on random (B, 1, 28, 28)
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import focalnet  # noqa: E402
 from focalnet.deploy.bench import machine_line, machine_state, time_in_blocks  # noqa: E402
-from focalnet.train.artifacts import try_count_macs  # noqa: E402
+from focalnet.flops import try_count_macs  # noqa: E402
+from focalnet.precision import precision_name  # noqa: E402
 from focalnet.train.build import fit_stage_lists  # noqa: E402
 
 CONFIGS = {
@@ -37,7 +38,7 @@ CONFIGS = {
 }
 
 
-def make_step(arch: dict, batch: int, amp: str, compiled: bool):
+def make_step(arch: dict, batch: int, precision: str, compiled: bool):
     """(model, one training step) of a resized focalnet_tiny_srf on a fixed random batch."""
     torch.manual_seed(0)
     model = focalnet.create_model("focalnet_tiny_srf", in_chans=1, num_classes=10, drop_path_rate=0.05,
@@ -47,7 +48,7 @@ def make_step(arch: dict, batch: int, amp: str, compiled: bool):
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = torch.nn.functional.cross_entropy(fn(x), y)
         loss.backward()
         opt.step()
@@ -72,20 +73,24 @@ def eval_rate(model: torch.nn.Module) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
-    p.add_argument("--amp", choices=("none", "bf16"), default="none")
+    p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast); --amp is the old spelling")
+    p.add_argument("--amp", dest="precision", help=argparse.SUPPRESS)
     p.add_argument("--only", default=None, help="only the configurations whose name contains this text")
     p.add_argument("--compile", action="store_true", help="also time each step through torch.compile")
     p.add_argument("--rounds", type=int, default=10, help="timed steps of each (default 10)")
     p.add_argument("--block", type=int, default=5, help="consecutive timed steps per block (default 5)")
     args = p.parse_args()
-    print(f"machine: {machine_line(machine_state())}; amp {args.amp}")
+    args.precision = precision_name(args.precision)
+    if args.precision == "fp16":
+        p.error("fp16 autocast is for CUDA; on the CPU use --precision fp32 or bf16")
+    print(f"machine: {machine_line(machine_state())}; precision {args.precision}")
     configs = {k: v for k, v in CONFIGS.items() if args.only is None or args.only in k}
     for batch in args.batch_sizes:
         calls, models = {}, {}
         for name, arch in configs.items():
             for compiled in (False, True) if args.compile else (False,):
                 key = name + (", compiled" if compiled else "")
-                models[key], calls[key] = make_step(arch, batch, args.amp, compiled)
+                models[key], calls[key] = make_step(arch, batch, args.precision, compiled)
         timed = time_in_blocks(calls, torch.device("cpu"), warmup=2, rounds=args.rounds, block=args.block)
         for key, t in timed.items():
             step_s = statistics.median(t["times"])

@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from focalnet.train import budget
 from focalnet.train.config import TrainConfig
 from focalnet.train.distributed import DistEnv
-from focalnet.train.run import build_parts, configure, load_data, plan_run
+from focalnet.train.run import build_parts, configure, load_data, plan_run, run_config
 
 
 def replan_as_before(budget_s, elapsed_s, update_s, overhead_s, steps_done, updates_per_epoch):
@@ -65,11 +66,16 @@ def test_phases_before_the_loop_can_be_called_alone(tmp_path):
                       limit_train=384, epochs=3, progress="off", output=str(tmp_path / "run"))
     setup = configure(cfg, DistEnv())
     data = load_data(setup)
-    assert data.updates_per_epoch == 6 and setup.recipe.img_size == 8  # the data's native size filled in
+    assert data.updates_per_epoch == 6 and data.recipe.img_size == 8  # the data's native size filled in
     parts = build_parts(setup, data)
     plan = plan_run(setup, data, parts)
     assert plan.epochs == 3 and plan.total_updates == 18 and not plan.planned
-    assert plan.resolved["epochs"] == 3 and plan.resolved["output"] == str(tmp_path / "run")
+    resolved = run_config(setup, data.recipe, plan)  # config.yaml: the epochs are the plan's, nowhere else
+    assert resolved["epochs"] == 3 and resolved["output"] == str(tmp_path / "run")
+    # what the phases hand on is frozen: a later phase reads it and cannot edit it
+    for value, name in ((setup, "cfg"), (data, "recipe"), (plan, "epochs")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
     # nothing is written before the run begins but the lock that makes process 0 the folder's one owner
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".focalnet-train.lock"]
     setup.lock.release()
@@ -80,7 +86,7 @@ def test_phases_before_the_loop_can_be_called_alone(tmp_path):
 def _run_at_epoch(tmp_path, *, budget_s: float, epochs_done: int, elapsed_s: float, update_s: float,
                   overhead_s: float):
     """A --time-budget run built by its phases and put, by hand, at the end of epoch `epochs_done` with the
-    given timings (nothing is trained): what `_out_of_time` decides from."""
+    given timings (nothing is trained): what `out_of_time` decides from."""
     from focalnet.train.run import begin
 
     cfg = TrainConfig(data="digits", arch=dict(embed_dim=8, depths=[1, 1], patch_size=2), batch_size=64,
@@ -89,8 +95,8 @@ def _run_at_epoch(tmp_path, *, budget_s: float, epochs_done: int, elapsed_s: flo
     data = load_data(setup)
     parts = build_parts(setup, data)
     run = begin(setup, data, parts, plan_run(setup, data, parts))
-    run.setup.cfg = dataclasses.replace(cfg, time_budget=budget_s)
-    run.plan.planned = True
+    run.setup = dataclasses.replace(run.setup, cfg=dataclasses.replace(cfg, time_budget=budget_s))
+    run.plan = dataclasses.replace(run.plan, planned=True)
     run.progress.global_step = epochs_done * data.updates_per_epoch
     run.progress.update_times = [update_s] * epochs_done
     run.progress.overheads = [overhead_s] * epochs_done
@@ -101,20 +107,23 @@ def test_an_epoch_that_would_overrun_is_shortened_not_skipped(tmp_path):
     """Epoch 3 of 10 planned (6 steps each) ends at 100 s of a 125 s budget; a full epoch takes 6 x 5 + 2 = 32 s:
     the run used to stop there, leaving 25 s unused and the cosine far from its end. Now the steps left are
     re-planned to fit (4 more at 5.1 s each, and one evaluation) and the cosine ends exactly there."""
-    from focalnet.train.run import _out_of_time
+    from focalnet.train.epoch import out_of_time
 
     run, record = _run_at_epoch(tmp_path, budget_s=125, epochs_done=3, elapsed_s=100, update_s=5.0, overhead_s=2.0)
-    assert not _out_of_time(run, 2, record) and run.progress.stopped_early is None
+    before = run.plan
+    assert not out_of_time(run, 2, record) and run.progress.stopped_early is None
     assert run.plan.total_updates == 18 + 4 and run.plan.epochs == 4
+    assert (before.total_updates, before.epochs) == (60, 10)  # a new plan: the old one is untouched
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["epochs"] == 4
     lr_end = run.plan.scheduler._get_lr(run.plan.total_updates)[0]
     assert lr_end == pytest.approx(min(run.plan.scheduler._get_lr(t)[0] for t in range(0, 24)))  # annealed there
     run.setup.lock.release()
 
 
 def test_the_run_stops_only_when_not_one_more_step_fits(tmp_path):
-    from focalnet.train.run import _out_of_time
+    from focalnet.train.epoch import out_of_time
 
     run, record = _run_at_epoch(tmp_path, budget_s=100, epochs_done=3, elapsed_s=99.0, update_s=5.0, overhead_s=2.0)
-    assert _out_of_time(run, 2, record)
+    assert out_of_time(run, 2, record)
     assert "not one more step fits" in run.progress.stopped_early
     run.setup.lock.release()

@@ -76,3 +76,86 @@ def test_only_project_errors_become_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(KeyError) as e:
         main(["list"])
     assert not isinstance(e.value, UnknownModelError)
+
+
+
+def _real_commands() -> dict:
+    """Every `focalnet` subcommand's name -> its parser, as main() builds them."""
+    import argparse
+
+    from focalnet.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _only(name: str, real, error: BaseException):
+    """A `focalnet` parser with the one command `name`, which raises `error` from inside its function (its
+    real module, and --force when the real command has it), whatever arguments the real one requires."""
+    import argparse
+
+    top = argparse.ArgumentParser(prog="focalnet")
+    top.add_argument("-v", "--verbose", action="store_true")
+    p = top.add_subparsers(dest="command").add_parser(name)
+
+    def run(args):
+        raise error
+
+    run.__module__ = real.get_default("func").__module__
+    p.set_defaults(func=run)
+    if any("--force" in a.option_strings for a in real._actions):
+        p.add_argument("--force", action="store_true")
+    return top
+
+
+def test_every_command_applies_one_error_policy(monkeypatch, capsys):
+    # a missing optional package, an out-of-memory and an existing output are one line in every command,
+    # whichever module defines it: the rule is applied once, in main(), not command by command
+    import torch
+
+    from focalnet import cli
+
+    commands = _real_commands()
+    assert {"train", "eval", "report", "convert", "push", "bench", "export", "predict"} <= set(commands)
+    cases = [
+        (ModuleNotFoundError("No module named 'huggingface_hub'", name="huggingface_hub"), "pip install 'focalnet[hub]'"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory (OutOfMemoryError)"),
+        (MemoryError(), "out of memory (MemoryError)"),
+        (FileExistsError("out.pth exists"), "out.pth exists"),
+    ]
+    for name, real in commands.items():
+        for error, expected in cases:
+            monkeypatch.setattr(cli, "build_parser", lambda: _only(name, real, error))
+            assert cli.main([name]) == 2, (name, error)
+            err = capsys.readouterr().err
+            assert err.startswith(f"focalnet {name}: error: ") and expected in err and len(err.splitlines()) == 1, err
+            if isinstance(error, FileExistsError):
+                assert ("pass --force" in err) == any("--force" in a.option_strings for a in real._actions), err
+    # a package several extras provide: the command's own group's extra first
+    monkeypatch.setattr(cli, "build_parser", lambda: _only("train", commands["train"], ModuleNotFoundError("x", name="timm")))
+    assert cli.main(["train"]) == 2 and "pip install 'focalnet[train]'" in capsys.readouterr().err
+
+
+def test_what_is_not_the_users_to_fix_keeps_its_traceback(monkeypatch, capsys):
+    from focalnet import cli
+
+    real = _real_commands()["convert"]
+    for error in (ModuleNotFoundError("No module named 'focalnet.gone'", name="focalnet.gone"), OSError("disk"),
+                  ValueError("a bug")):
+        monkeypatch.setattr(cli, "build_parser", lambda: _only("convert", real, error))
+        with pytest.raises(type(error)):
+            cli.main(["convert"])
+    # -v shows every error with its traceback, the user's too
+    monkeypatch.setattr(cli, "build_parser", lambda: _only("convert", real, MemoryError()))
+    with pytest.raises(MemoryError):
+        cli.main(["-v", "convert"])
+
+
+def test_install_hint_reads_the_extras():
+    from focalnet.cli import install_hint
+
+    assert install_hint("huggingface_hub.errors") == "pip install 'focalnet[hub]'"
+    assert install_hint("onnxruntime") == "pip install 'focalnet[export]'"
+    assert install_hint("yaml") == "pip install 'focalnet[train]'"  # PyPI's name differs from the import's
+    assert install_hint("timm", prefer="viz") == "pip install 'focalnet[viz]'"
+    assert install_hint("no_such_package") == "pip install no_such_package"

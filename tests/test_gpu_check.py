@@ -58,15 +58,15 @@ def _alive(pid: int) -> bool:
 def test_arguments():
     args = gpu_check.parse_args([])
     assert args.only is None and args.budget == 480 and not args.require_gpu and not args.cpu_smoke
-    args = gpu_check.parse_args(["--only", "parity", "--only", "bench", "--out", "x", "--require-gpu"])
-    assert args.only == ["parity", "bench"] and args.out == "x" and args.require_gpu
+    args = gpu_check.parse_args(["--only", "bf16", "--only", "bench", "--out", "x", "--require-gpu"])
+    assert args.only == ["bf16", "bench"] and args.out == "x" and args.require_gpu
     for bad in (["--only", "nonsense"], ["--budget", "0"], ["--frobnicate"]):
         with pytest.raises(SystemExit) as e:
             gpu_check.parse_args(bad)
         assert e.value.code == 2
     # every section fits the 8 minutes together
     assert sum(s.limit_s for s in gpu_check.SECTIONS) <= gpu_check.TOTAL_BUDGET_S
-    assert [s.name for s in gpu_check.SECTIONS] == ["cuda_tests", "parity", "training", "torchrun", "bench", "maskrcnn"]
+    assert [s.name for s in gpu_check.SECTIONS] == ["cuda_tests", "bf16", "training", "torchrun", "bench", "maskrcnn"]
 
 
 def test_table_and_header():

@@ -15,7 +15,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -30,23 +29,7 @@ from focalnet.images import ImageTooLargeError, load_image
 from focalnet.inspect.predict import predict, preprocessing_for
 from focalnet.models import model_from_arch
 from focalnet.utils import OutputError, atomic_dir, atomic_json, atomic_write
-
-ARCH = dict(family="hierarchical", depths=[1, 1], embed_dim=16, focal_levels=[2, 2], focal_windows=[3, 3], num_classes=3)
-PRE = dict(mean=[0.5] * 3, std=[0.5] * 3, img_size=32)
-
-
-@pytest.fixture()
-def ckpt(tmp_path: Path) -> Path:
-    path = tmp_path / "m.safetensors"
-    save_model(model_from_arch(ARCH), path, class_names=["a", "b", "c"], preprocessing=PRE)
-    return path
-
-
-@pytest.fixture()
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8")).save(path)
-    return path
+from hostile import ARCH, PRE, ckpt, photo  # noqa: F401 (fixtures)
 
 
 def _variant(src: Path, dst: Path, **changes: str) -> Path:

@@ -281,3 +281,61 @@ def test_a_read_only_output_folder_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     with pytest.raises(FocalNetError, match=f"{tmp_path / 'run'}.*read-only"):
         train(tiny(tmp_path))
+
+
+# -- 9. values that are wrong only together, a garbled lock (issue 25) -------------------------------------
+
+def _one_cli_error(capsys, argv: list[str]) -> str:
+    from focalnet.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def test_mixup_with_an_odd_batch_is_refused_before_any_work(tmp_path, capsys):
+    # a folder takes the imagenet recipe (Mixup 0.8, CutMix 1.0): batch 1 used to run 0 steps and succeed
+    out = tmp_path / "run"
+    line = _one_cli_error(capsys, ["train", "--data", str(tmp_path / "photos"), "--batch-size", "1",
+                                   "--output", str(out)])
+    assert "--batch-size 1" in line and "--mixup 0.8" in line and "--cutmix 1" in line
+    assert not out.exists()  # refused before the folder was taken
+    with pytest.raises(TrainingError, match="--batch-size 3 .*--batch-size 4, or --mixup 0 --cutmix 0"):
+        tiny(tmp_path, batch_size=3, mixup=0.2, cutmix=0.0)
+    tiny(tmp_path, batch_size=3, mixup=0.0, cutmix=0.0)  # no mixing: any batch
+    tiny(tmp_path, batch_size=2, mixup=0.2)
+
+
+def test_mixup_the_data_switches_on_is_checked_against_the_batch():
+    from focalnet.train.config import validate_recipe
+    from focalnet.train.recipes import fit_to_data
+
+    # finetune leaves Mixup/CutMix to the data: on a large folder they come on, with the batch the user gave
+    recipe, _ = fit_to_data(RECIPES["finetune"].replace(batch_size=5), num_train=100_000, kind="folder")
+    with pytest.raises(TrainingError, match="--batch-size 5 with Mixup/CutMix"):
+        validate_recipe(recipe)
+    validate_recipe(fit_to_data(RECIPES["finetune"], num_train=100_000, kind="folder")[0])  # its own batch: 32
+
+
+def test_a_min_lr_above_the_base_lr_is_refused_naming_both(tmp_path, capsys):
+    with pytest.raises(TrainingError, match=r"--min-lr 0\.5 is above --base-lr 0\.032"):
+        tiny(tmp_path, min_lr=0.5)  # the small recipe's base rate
+    with pytest.raises(TrainingError, match=r"--min-lr 0\.002 is above --base-lr 0\.001"):
+        TrainConfig.from_dict({"data": "digits", "base_lr": 1e-3, "min_lr": 2e-3})
+    line = _one_cli_error(capsys, ["train", "--data", "digits", "--min-lr", "1", "--output", str(tmp_path / "r")])
+    assert "--min-lr 1 is above --base-lr 0.032" in line
+    tiny(tmp_path, min_lr=0.032)  # a flat end is allowed
+
+
+@pytest.mark.parametrize("pid", ["abc", 2**70, 1.5, None, [1]])
+def test_a_garbled_lock_is_refused_in_one_line_never_a_traceback(tmp_path, capsys, pid):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps(dict(pid=pid, host=socket.gethostname(), started="yesterday")))
+    with pytest.raises(TrainingError, match=f"locked by .*{LOCK_NAME}.*is not a process id.*delete that file"):
+        claim_run_dir(out, resume=False, overwrite=False, say=lambda s: None)
+    assert (out / LOCK_NAME).exists()  # whether its owner runs cannot be told: left for the user
+    line = _one_cli_error(capsys, ["train", "--data", "digits", "--output", str(out)])
+    assert "is not a process id" in line

@@ -26,6 +26,7 @@ TIMM_SINCE = {
     "Mixup": "0.9.0", "CosineLRScheduler": "0.9.0", "create_optimizer_v2": "0.9.0", "RandomErasing": "0.9.0",
     "LabelSmoothingCrossEntropy": "0.9.0", "SoftTargetCrossEntropy": "0.9.0", "AugmentOp": "0.9.0",
     "posterize": "0.9.0", "param_groups_layer_decay": "0.9.0", "is_model": "0.9.0", "register_model": "0.9.0",
+    "FeatureDictNet": "0.9.0", "FeatureListNet": "0.9.0", "FeatureHookNet": "0.9.0", "FeatureGraphNet": "0.9.0",
 }
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 import foolbox
 from focalnet import create_model, save_model
 from focalnet.cli import main
-from focalnet.images import ImageError, load_image
+from focalnet.images import ImageError, ImageTooLargeError, load_image
 from focalnet.inspect.predict import class_names_for, eval_transform, predict, preprocessing_for
 
 from conftest import small_overrides
@@ -48,6 +48,44 @@ def test_preprocessing_is_timms_eval_transform():
     wide = img.resize((300, 200))  # the shorter side goes to 256, then a 224 centre crop
     for im in (img, wide):
         torch.testing.assert_close(ours(im), ref(im))
+
+
+def test_the_input_is_resolved_and_checked_in_one_place():
+    """focalnet.preprocess: the defaults < the variant < the file < what is asked; statistics converted to the
+    model's channels; one check of a record, raising the caller's error type; timm's transform from it."""
+    from timm.data import create_transform, resolve_data_config
+
+    from focalnet.checkpoints import CheckpointError
+    from focalnet.images import PreprocessingError
+    from focalnet.preprocess import DEFAULT_CROP_PCT, check_record, data_config, resolve, resolve_record
+    from focalnet.registry import get_spec
+
+    assert resolve() == resolve(3, spec=get_spec("focalnet_tiny_srf"))  # the released variants: the defaults
+    assert resolve().crop_pct == DEFAULT_CROP_PCT and resolve().resize == 256
+    large = resolve(3, spec=get_spec("focalnet_large_fl3"))  # released at 384 px, evaluated uncropped
+    assert (large.img_size, large.crop_pct) == (384, 1.0)
+    saved = dict(mean=[0.286], std=[0.353], img_size=28, crop_pct=1.0)
+    p = resolve(1, spec=get_spec("focalnet_tiny_srf"), saved=saved, img_size=32)
+    assert (p.mean, p.std, p.img_size, p.crop_pct, p.interpolation, p.mode) == ((0.286,), (0.353,), 32, 1.0, "bicubic", "L")
+    gray = resolve(1)  # RGB statistics for a gray model: their mean
+    assert gray.mean == pytest.approx((sum((0.485, 0.456, 0.406)) / 3,))
+    assert resolve(3, saved=saved) == resolve()  # a record for other channels describes other input
+    assert resolve_record(crop_pct=None, interpolation="bilinear")["interpolation"] == "bilinear"  # None is no say
+    with pytest.raises(PreprocessingError, match="for 3 channel"):
+        check_record(dict(mean=[0.5] * 3, std=[0.2] * 3), in_chans=1)
+    for bad, needle in ((dict(mean=[float("nan")], std=[1.0]), "finite"), (dict(mean=[0.5], std=[0.0]), "std > 0"),
+                        (dict(mean=[0.5], std=[1.0], crop_pct=0), "crop_pct"), (dict(mean=[0.5], std=[1.0], scale=2), "unknown")):
+        with pytest.raises(CheckpointError, match=needle):
+            check_record(bad, "m.safetensors", error=CheckpointError)
+    with pytest.raises(ImageTooLargeError, match="img_size"):
+        resolve(3, img_size=100000)
+    model = _tiny()
+    pre = preprocessing_for(model)
+    assert pre == resolve(3, spec=get_spec("focalnet_tiny_srf"))
+    ref = create_transform(**resolve_data_config(model=model))  # what timm makes of the model's pretrained_cfg
+    wide = load_image(PHOTOS[0]).resize((300, 200))
+    torch.testing.assert_close(eval_transform(pre)(wide), ref(wide))
+    assert data_config(pre)["input_size"] == (3, 224, 224)
 
 
 def test_a_constructed_head_names_every_photo(tmp_path, capsys):
@@ -163,9 +201,9 @@ def test_predict_cli_errors(tmp_path, capsys, monkeypatch):
         assert main(["predict", str(PHOTOS[0]), str(bad), "--checkpoint", str(tmp_path / "m.safetensors")]) == 2
         err = capsys.readouterr().err
         assert needle in err and str(bad) in err and "Traceback" not in err
-    import focalnet.inspect.complexity as complexity
+    import focalnet.inspect.memory as memory  # the guard reads the free memory there
 
-    monkeypatch.setattr(complexity, "available_memory", lambda device="cpu": 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)
     assert main(["predict", str(PHOTOS[0]), "--checkpoint", str(tmp_path / "m.safetensors"), "--img-size", "3000"]) == 2
     err = capsys.readouterr().err
     assert "at 3000x3000 px needs about" in err and "--img-size" in err

@@ -107,6 +107,38 @@ def test_attention_is_counted_on_cpu():
     assert fused > 2 * tokens * tokens * dim  # the two attention matmuls are in the count
 
 
+def test_one_flop_counter_behind_profile_training_and_bench():
+    """`focalnet profile`, a run's summary and `focalnet bench` count with focalnet.flops: the same figure."""
+    import focalnet.flops
+    from focalnet.deploy import bench
+    from focalnet.inspect import complexity
+    from focalnet.train import artifacts
+
+    assert complexity.count_macs is focalnet.flops.count_macs
+    meta = _meta("focalnet_tiny_srf")
+    macs = count_macs(meta, 32)
+    assert macs > 0 and artifacts.try_count_macs(meta, 3, 32) == macs
+    rows = bench.run_inference(["ours", "ours-fused"], bench.Workload("focalnet_tiny_srf", batch_size=1, img_size=32),
+                               warmup=0, rounds=1)
+    assert [r.flops_per_img for r in rows] == [2 * macs, 2 * macs]  # FLOPs: 2 per multiply-add
+    assert artifacts.try_count_macs(nn.Identity(), 3, 32) is None  # a model the counter cannot run: no figure
+
+
+def test_profile_tables_come_from_the_library(capsys):
+    from focalnet.inspect.complexity import profile_lines, published_figures, published_lines, published_table
+
+    prof = dict(profile_model(_meta("focalnet_tiny_srf"), 64), variant="focalnet_tiny_srf",
+                published=published_figures("focalnet_tiny_srf"))
+    lines = profile_lines(prof, num_classes=1000)
+    assert lines[0] == "focalnet_tiny_srf at 64x64 px, batch 1, 1000-class head"
+    assert sum(line.startswith("  stage") for line in lines) == 2  # the heads of the formula and the receptive fields
+    assert "  receptive field of each focal level" in lines
+    assert main(["profile", "focalnet_tiny_srf", "--img-size", "64"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    rows = published_table(224, pattern="*tiny_iso")
+    assert [line.split()[0] for line in published_lines(rows, 224)[2:3]] == ["focalnet_tiny_iso"]
+
+
 def test_profile_cli(capsys):
     assert main(["profile", "focalnet_tiny_srf", "--json"]) == 0
     prof = json.loads(capsys.readouterr().out)

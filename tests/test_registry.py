@@ -1,4 +1,5 @@
-"""The registry: all 15 released variants, complete entries, published sizes."""
+"""The registry: the 15 released variants, complete entries, published sizes. Every test runs over every
+registered name (`list_models()`), so a variant added to focalnet.registry is tested at once."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ import focalnet
 from focalnet.inspect.complexity import count_macs, count_params
 from focalnet.registry import build_model, get_spec, register_model, Published
 
-EXPECTED = {
+# the authors' releases (their README): each must stay registered; the tests below run over list_models()
+RELEASED = {
     "focalnet_tiny_srf", "focalnet_tiny_lrf", "focalnet_small_srf", "focalnet_small_lrf", "focalnet_base_srf",
     "focalnet_base_lrf", "focalnet_tiny_iso", "focalnet_small_iso", "focalnet_base_iso", "focalnet_large_fl3",
     "focalnet_large_fl4", "focalnet_xlarge_fl3", "focalnet_xlarge_fl4", "focalnet_huge_fl3", "focalnet_huge_fl4",
@@ -16,7 +18,7 @@ EXPECTED = {
 
 
 def test_all_released_variants_are_registered():
-    assert set(focalnet.list_models()) == EXPECTED
+    assert RELEASED <= set(focalnet.list_models())
     assert focalnet.list_models("*iso") == ["focalnet_base_iso", "focalnet_small_iso", "focalnet_tiny_iso"]
 
 
@@ -27,13 +29,16 @@ def _tolerance(published: float) -> float:
     return max(0.005 * published, 0.5 * 10**-decimals)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", focalnet.list_models())
 def test_params_and_macs_match_the_paper(name):
     spec = get_spec(name)
     with torch.device("meta"):
         model = build_model(name, num_classes=1000)  # the paper's counts are with a 1000-class head
     params = count_params(model) / 1e6
-    assert abs(params - spec.published.params_m) <= _tolerance(spec.published.params_m), params
+    if name in RELEASED:
+        assert spec.published.params_m is not None, f"{name}: the paper's parameter count is missing"
+    if spec.published.params_m is not None:
+        assert abs(params - spec.published.params_m) <= _tolerance(spec.published.params_m), params
     if spec.published.gmacs is not None:
         macs = count_macs(model, 224) / 1e9
         assert abs(macs - spec.published.gmacs) <= _tolerance(spec.published.gmacs), macs
@@ -54,7 +59,7 @@ def test_lrf_entries_are_lrf_on_their_own():
 def test_variants_have_distinct_tensor_shapes():
     """So that a checkpoint that does not name its architecture still identifies one variant."""
     seen = {}
-    for name in EXPECTED:
+    for name in focalnet.list_models():
         with torch.device("meta"):
             sd = build_model(name).state_dict()
         sig = tuple(sorted((k, tuple(v.shape)) for k, v in sd.items()))

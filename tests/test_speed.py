@@ -375,15 +375,15 @@ def test_activation_recompute_keeps_far_fewer_activations():
 def test_bench_runs_every_focalnet_implementation_and_reports_ratios():
     from focalnet.deploy import bench
 
-    res = bench.run_inference(["ours", "ours-fused", "timm"], variant="focalnet_tiny_srf", batch_size=1, img_size=32,
-                              warmup=1, rounds=2)
+    work = bench.Workload("focalnet_tiny_srf", batch_size=1, img_size=32)
+    res = bench.run_inference(["ours", "ours-fused", "timm"], work, warmup=1, rounds=2)
     assert [r.impl for r in res] == ["ours", "ours-fused", "timm"]
     assert all(len(r.times_s) == 2 and r.median > 0 for r in res)
     assert res[0].flops_per_img and res[1].flops_per_img == pytest.approx(res[0].flops_per_img)
     table = bench.format_table(res)
     assert "x timm" in table and "1.00" in table
     skipped = []
-    assert bench.run_inference(["timm"], variant="focalnet_tiny_iso", img_size=32, batch_size=1, rounds=1,
+    assert bench.run_inference(["timm"], bench.Workload("focalnet_tiny_iso", img_size=32, batch_size=1), rounds=1,
                                log=skipped.append) == []
     assert "timm has no focalnet_tiny_iso" in skipped[0]
 
@@ -406,7 +406,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
 def test_peak_memory_is_measured_in_a_fresh_process():
     from focalnet.deploy import bench
 
-    peak = bench.peak_training_memory("ours", variant="focalnet_tiny_iso", batch_size=2, img_size=64, steps=1)
+    peak = bench.peak_training_memory("ours", bench.Workload("focalnet_tiny_iso", batch_size=2, img_size=64), steps=1)
     assert peak > 0
 
 
@@ -594,3 +594,30 @@ def test_train_compile_setting_auto_on_off():
     assert TrainConfig.from_dict({"compile": False}).compile == "off"
     with pytest.raises(TrainingError, match="auto, on, off"):
         TrainConfig.from_dict({"compile": "yes"})
+
+
+def test_bench_implementations_are_one_registration_each(capsys):
+    """A row kind of `focalnet bench` is one `register_implementation`: names, --compare, the compiled variant and
+    the training filter follow from it; a name is never registered twice. --precision is spelled as in train."""
+    from focalnet.cli import main
+    from focalnet.deploy import bench
+    from focalnet.deploy.bench import implementations
+
+    assert bench.IMPLEMENTATIONS == ("ours", "ours-fused", "timm", "hf", "swin_t", "convnext_t")
+    assert bench.trains("ours-compiled") and not bench.trains("ours-fused-compiled")
+    assert bench.get_implementation("ours").fullgraph and not bench.get_implementation("timm").fullgraph
+    with pytest.raises(bench.BenchError, match="registered already"):
+        bench.register_implementation(bench.Implementation("ours", lambda **kw: None))
+    with pytest.raises(bench.BenchError, match="inference only"):
+        bench.build_implementation("ours-fused", variant="focalnet_tiny_srf", training=True)
+    probe = bench.Implementation("probe-row", lambda **kw: (torch.nn.Identity(), torch.nn.Identity()))
+    try:
+        bench.register_implementation(probe)
+        assert bench.split_variant("probe-row-compiled") == ("probe-row", True) and bench.trains("probe-row")
+    finally:
+        del implementations._REGISTRY["probe-row"]
+    assert main(["bench", "--dtype", "float16"]) == 2  # the old spelling still reads: fp16 autocast is for CUDA
+    err = capsys.readouterr().err
+    assert "--dtype is now --precision fp16" in err and "use --precision bf16" in err
+    assert main(["bench", "--precision", "fp8"]) == 2
+    assert "unknown precision 'fp8'" in capsys.readouterr().err

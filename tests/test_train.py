@@ -94,7 +94,7 @@ def test_digits_reach_95_percent_in_under_a_minute_and_leave_a_full_report(tmp_p
     assert a.preprocessing["mean"] == pytest.approx(state["data"]["mean"])
 
     # `focalnet report`: report.md with the figures of summary.json and pictures of one test image per class
-    from focalnet.train.report import write_run_report
+    from focalnet.inspect import write_run_report
 
     assert cli(["report", str(out), "--pictures", "3"]) == 0
     md = (out / "report.md").read_text()
@@ -302,3 +302,127 @@ def test_time_budget_plans_from_measured_speed(tmp_path):
     s = train(TrainConfig(**TINY_DIGITS, time_budget=4, output=str(tmp_path / "b")))
     assert s["epochs"] == -(-s["updates"] // 6) and s["updates"] >= 1
     assert s["train_time_s"] < 2 * 4 + 2  # planned to fit, with room for a loaded machine
+
+
+# -- one table for the recipe, one spelling for precision, one layout for last.pth ----------------------
+
+
+def test_every_recipe_field_is_a_flag_a_yaml_key_and_a_config_field():
+    """Recipe (focalnet.train.recipes) is the one table: each field is a TrainConfig field, a `focalnet train`
+    flag, a YAML key that reaches the recipe, and a key of config.yaml, derived (betas and eps included)."""
+    import dataclasses
+
+    from focalnet.cli import build_parser
+    from focalnet.train.config import resolve_recipe, resolved_config
+    from focalnet.train.recipes import Recipe, recipe_fields
+
+    assert {"betas", "eps"} <= set(recipe_fields())
+    parser = build_parser()
+    train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    flags = {o for a in train_parser._actions for o in a.option_strings}
+    config_fields = {f.name: f for f in TrainConfig.fields()}
+    for f in dataclasses.fields(Recipe):
+        if f.name in ("name", "description"):
+            continue
+        assert f.name in config_fields and config_fields[f.name].metadata["help"] == f.metadata["help"], f.name
+        assert "--" + f.name.replace("_", "-") in flags, f.name
+    values = dict(eps=1e-6, betas=[0.8, 0.95], mixup_prob=0.5, interpolation="bilinear", epochs=7)
+    cfg = TrainConfig.from_dict({**values, "data": "digits"})
+    recipe = resolve_recipe(cfg)
+    assert recipe.eps == 1e-6 and recipe.betas == (0.8, 0.95) and recipe.mixup_prob == 0.5
+    saved = resolved_config(cfg, recipe, epochs=7)
+    assert set(recipe_fields()) <= set(saved) and saved["betas"] == [0.8, 0.95] and saved["eps"] == 1e-6
+    args = parser.parse_args(["train", "--betas", "0.8", "0.95", "--eps", "1e-6"])
+    assert args.betas == [0.8, 0.95] and args.eps == 1e-6
+    with pytest.raises(TrainingError, match="--betas .* takes 2 values"):
+        TrainConfig(betas=[0.9])
+    with pytest.raises(TrainingError, match="--eps .* must be > 0"):
+        TrainConfig(eps=0.0)
+
+
+def test_a_new_recipe_field_is_one_edit():
+    """What a new Recipe field gets from the derivation alone: a config field at the recipe's place, with the
+    Recipe's help and range, None (the recipe's value) unless given."""
+    import dataclasses
+
+    from focalnet.train.config import with_recipe_fields
+    from focalnet.train.recipes import Recipe, at_least, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Wider(Recipe):
+        knob: float = setting(0.5, "a new knob", check=at_least(0))
+
+    @dataclasses.dataclass
+    @with_recipe_fields(after="recipe", recipe=Wider)
+    class Config:
+        data: str = "digits"
+        recipe: str = "auto"
+        seed: int = 0
+
+    names = [f.name for f in dataclasses.fields(Config)]
+    assert names[:2] == ["data", "recipe"] and names[-2:] == ["knob", "seed"] and "eps" in names
+    knob = next(f for f in dataclasses.fields(Config) if f.name == "knob")
+    assert Config().knob is None and knob.metadata["help"] == "a new knob" and knob.metadata["recipe"]
+    assert knob.metadata["check"][0](0.1) and not knob.metadata["check"][0](-1)
+
+
+def test_precision_has_one_spelling_and_the_old_one_is_read_with_a_note(capsys):
+    from focalnet.cli import build_parser
+    from focalnet.cli.train import config_from_args
+    from focalnet.errors import FocalNetError
+    from focalnet.precision import PRECISIONS, old_spelling_note, parse_precision, precision_name
+
+    assert PRECISIONS == ("fp32", "bf16", "fp16")
+    assert [parse_precision(n) for n in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
+    assert [precision_name(n) for n in ("none", "float32", "bfloat16", "float16", "BF16")] == \
+        ["fp32", "fp32", "bf16", "fp16", "bf16"]
+    assert old_spelling_note("bf16") is None and "--precision bf16" in old_spelling_note("bfloat16")
+    with pytest.raises(FocalNetError, match="unknown precision 'fp8'; choose one of fp32, bf16, fp16"):
+        parse_precision("fp8")
+    parser = build_parser()
+    cfg = config_from_args(parser.parse_args(["train", "--amp", "bf16"]))
+    assert cfg.precision == "bf16" and "now spelled --precision bf16" in capsys.readouterr().err
+    assert config_from_args(parser.parse_args(["train", "--precision", "fp16"])).precision == "fp16"
+    assert capsys.readouterr().err == ""
+    assert TrainConfig.from_dict({"amp": "none"}).precision == "fp32"  # a config.yaml written before
+    with pytest.raises(TrainingError, match="disagree"):
+        TrainConfig.from_dict({"amp": "bf16", "precision": "fp32"})
+    with pytest.raises(TrainingError, match="unknown precision"):
+        TrainConfig.from_dict({"amp": "fp8"})
+
+
+# the keys of checkpoints/last.pth as the version before TrainingCheckpoint wrote them, in its order
+PREVIOUS_LAYOUT = ("format", "model", "arch", "variant", "class_names", "optimizer", "scheduler", "scaler", "ema",
+                   "epoch", "global_step", "total_updates", "best", "history", "train_time", "rng", "config", "data",
+                   "preprocessing")
+
+
+def test_a_last_pth_of_the_previous_layout_resumes(tmp_path):
+    """A run checkpointed by the previous version (its dict, its config with `amp` and without betas/eps) resumes
+    and finishes; an older file without the optional keys is read with their defaults; a damaged one names
+    what it lacks."""
+    from focalnet.checkpoints import CheckpointError
+    from focalnet.train.state import TrainingCheckpoint
+
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY_DIGITS, epochs=1, output=str(out)))
+    state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert set(state) == set(PREVIOUS_LAYOUT)  # the layout on disk did not change
+    old_config = {k: v for k, v in state["config"].items() if k not in ("precision", "betas", "eps")}
+    old = {k: state[k] for k in PREVIOUS_LAYOUT}
+    old["config"] = {**old_config, "amp": "none"}
+    torch.save(old, out / "checkpoints" / "last.pth")
+    s = train(TrainConfig(resume=str(out), epochs=2, progress="off", threads=1))
+    assert s["epochs"] == 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["precision"] == "fp32" and "amp" not in saved and saved["betas"] == [0.9, 0.999]
+
+    first = {k: state[k] for k in ("format", "model", "optimizer", "scheduler", "rng", "epoch", "global_step", "config")}
+    ckpt = TrainingCheckpoint.from_dict(first, path="old.pth")
+    assert ckpt.total_updates is None and ckpt.history == [] and ckpt.best["top1"] == -1.0 and ckpt.class_names == []
+    again = TrainingCheckpoint.from_dict(ckpt.to_dict())  # written and read by one description
+    assert set(ckpt.to_dict()) == set(PREVIOUS_LAYOUT) and (again.epoch, again.config) == (ckpt.epoch, ckpt.config)
+    with pytest.raises(CheckpointError, match="old.pth lacks optimizer"):
+        TrainingCheckpoint.from_dict({k: v for k, v in first.items() if k != "optimizer"}, path="old.pth")
+    with pytest.raises(CheckpointError, match="'epoch' must be an integer"):
+        TrainingCheckpoint.from_dict({**first, "epoch": "1"}, path="old.pth")

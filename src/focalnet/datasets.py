@@ -10,7 +10,7 @@ explicit folder alone when one is given (`data_dir`: a typo must not silently re
 $FASHION_MNIST_DIR, $FOCALNET_DATA/fashion-mnist, Debian's `dataset-fashion-mnist` package
 (/usr/share/datasets/fashion-mnist) and the cache; torchvision downloads it where a network exists.
 
-This module sits at the bottom of the package: it imports only `focalnet.errors`, and numpy, torch,
+This module sits at the bottom of the package: it imports only `focalnet.errors` and `focalnet.safeio`, and numpy, torch,
 torchvision and scikit-learn inside the functions that need them.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .errors import FocalNetError
+from .safeio import open_regular
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,6 +70,10 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)
 
 
+# the largest IDX file read (Fashion-MNIST's training images take 47 MB): a bound on what a gzip may unpack to
+MAX_IDX_BYTES = 2**30
+
+
 class DataUnavailableError(FocalNetError, FileNotFoundError):
     """A data set that is neither on disk nor downloadable here, or whose files are damaged; the message
     says how to get it."""
@@ -92,9 +97,14 @@ def read_idx(path: PathLike) -> "np.ndarray":
     import numpy as np
 
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    with open_regular(path, "data file", DataUnavailableError) as raw:  # never a FIFO or a device
+        f = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+        try:
+            data = f.read(MAX_IDX_BYTES + 1)  # bounded: a gzip bomb stops here
+        except (OSError, EOFError) as e:
+            raise DataUnavailableError(f"{path} is damaged: {e}") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise DataUnavailableError(f"{path} holds more than {MAX_IDX_BYTES} bytes: not an IDX file of this data set")
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataUnavailableError(f"{path} is not an IDX file (bad magic number)")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -17,7 +17,8 @@ from .checkpoints import Checkpoint, CheckpointError, ConversionError, arch_from
 from .checkpoints.arch import complete_preprocessing, validate_arch
 from .checkpoints.verify import Verification, verify_checkpoint
 from .hub import HUB_PREFIX, SOURCES, checkpoint_in, download_hub_repo, download_weights, known_hashes, parse_hub_id
-from .models import model_from_arch
+from .arch_fields import HIDDEN, PRESENCE, SHAPE, fields_with
+from .models import ModelArgumentError, model_from_arch, placed
 from .registry import build_model, get_spec, list_models
 
 __all__ = ["create_model", "load_model", "resolve_variant", "download_weights", "SOURCES", "verify", "register_with_timm",
@@ -27,11 +28,9 @@ __all__ = ["create_model", "load_model", "resolve_variant", "download_weights", 
 log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
 
-# fields the tensor shapes determine; the rest (pre/post norm, normalize_modulator) come from the registry
-_SHAPE_FIELDS = (
-    "family", "depths", "depth", "embed_dim", "focal_levels", "focal_level", "focal_windows", "focal_window",
-    "focal_factor", "mlp_ratio", "patch_size", "use_conv_embed", "use_post_norm_in_modulation",
-)
+# fields the tensor shapes determine (SHAPE in focalnet.arch_fields); the rest (pre/post norm, normalize_modulator)
+# come from the registry
+_SHAPE_FIELDS = ("family", *fields_with(SHAPE))
 
 
 def resolve_variant(ckpt: Checkpoint) -> tuple[Optional[str], dict]:
@@ -58,7 +57,7 @@ def resolve_variant(ckpt: Checkpoint) -> tuple[Optional[str], dict]:
             return name, {**arch, **overrides, **ckpt.hints}
     flags = {}
     if named:  # a resized version of a named variant: its shapes, the variant's flags
-        flags = {k: get_spec(named).arch[k] for k in ("use_post_norm", "normalize_modulator", "layerscale_value")}
+        flags = {k: get_spec(named).arch[k] for k in fields_with(HIDDEN, PRESENCE)}
         if shapes.get("layerscale_value") is None:
             flags["layerscale_value"] = None
     return None, {**shapes, **flags, **ckpt.hints}
@@ -101,17 +100,40 @@ def _finish(model: nn.Module, ckpt: Optional[Checkpoint]) -> None:
         model.preprocessing = saved
 
 
-def _features(model: nn.Module, out_indices: Optional[Any]) -> nn.Module:
-    """timm's features_only semantics: a module returning the list of chosen stages' maps, with feature_info
-    (timm's FeatureInfo: .channels(), .reduction()). Wraps the model (timm's FeatureGetterNet), never copies it."""
+# timm's feature wrappers by the names timm's create_model takes for `feature_cls`
+_FEATURE_CLASSES = ("getter", "list", "dict", "hook", "fx")
+
+
+def _features(model: nn.Module, out_indices: Optional[Any], feature_cls: str = "getter") -> nn.Module:
+    """timm's features_only model over `model`: a module returning the maps of the stages (isotropic: blocks)
+    `out_indices` chooses (default: all), with feature_info (timm's FeatureInfo: .channels(), .reduction()),
+    pretrained_cfg / default_cfg (the model's, less the classifier's keys, as timm's) and set_grad_checkpointing.
+
+    feature_cls is timm's: 'getter' (default: our forward_intermediates, the model pruned after the last map asked
+    for) or one of timm's wrappers that rebuild or hook the model from its modules ('list', 'dict', 'hook') or
+    trace it ('fx', needs torchvision). These skip the input check and the channels-last conversion of our
+    forward: same values within float rounding, see docs/timm.md."""
     try:
-        from timm.models._features import FeatureGetterNet
+        from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
     except ImportError:
-        raise CheckpointError("features_only=True uses timm's feature wrapper: pip install timm") from None
-    n = len(model.feature_info)
-    indices = tuple(range(n)) if out_indices is None else out_indices
-    # prune=False: the classifier and final norm stay in the wrapped model, untouched
-    return FeatureGetterNet(model, out_indices=indices, prune=False)
+        raise CheckpointError("features_only=True uses timm's feature wrappers: pip install timm") from None
+    if feature_cls not in _FEATURE_CLASSES:
+        raise ModelArgumentError(f"feature_cls must be one of {', '.join(_FEATURE_CLASSES)}, got {feature_cls!r}")
+    indices = tuple(range(len(model.feature_info))) if out_indices is None else out_indices
+    cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+    if feature_cls == "getter":  # prunes the stages after the last map, the final norm and the head
+        features = FeatureGetterNet(model, out_indices=indices)
+    elif feature_cls == "fx":
+        from timm.models._features_fx import FeatureGraphNet
+
+        features = FeatureGraphNet(model, out_indices=indices)
+    else:  # walk the model's modules in order: the stages (nn.Sequential) flattened, as timm does for its FocalNet
+        cls = dict(list=FeatureListNet, dict=FeatureDictNet, hook=FeatureHookNet)[feature_cls]
+        features = cls(model, out_indices=indices, flatten_sequential=True)
+    features.pretrained_cfg = features.default_cfg = cfg
+    if not hasattr(features, "set_grad_checkpointing"):  # timm's getter has none: the model's own switch
+        features.set_grad_checkpointing = model.set_grad_checkpointing
+    return features
 
 
 def create_model(
@@ -124,6 +146,9 @@ def create_model(
     reset_head: bool = False,
     features_only: bool = False,
     out_indices: Optional[Any] = None,
+    feature_cls: str = "getter",
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build the registered model `name` (or the model of a hub repo, 'hf-hub:ORG/REPO'), optionally with weights.
@@ -133,21 +158,27 @@ def create_model(
         'timm' / 'hf' / 'official' (that source only); 'hf-hub:ORG/REPO[@REV]' (a hub repo in any of our
         four layouts); or the path of a checkpoint in any supported layout (see `focalnet.checkpoints`).
     features_only: return timm's feature extractor (FeatureGetterNet): forward gives the list of stage maps
-        `out_indices` chooses (default: every stage), with `feature_info.channels()` / `.reduction()`.
+        `out_indices` chooses (default: every stage), with `feature_info.channels()` / `.reduction()`;
+        `feature_cls` picks another of timm's wrappers ('list', 'dict', 'hook', 'fx'; see `_features`).
+    device, dtype: where and in which floating-point type the parameters are made (timm's arguments); on the
+        meta device nothing is allocated (and no weights can be loaded).
     num_classes: classifier size (0: no classifier). With weights and no num_classes, the checkpoint's
         head is kept. num_classes=1000 on the authors' 21842-class ImageNet-22K head slices it to
         ImageNet-1K; any other difference needs reset_head=True, which re-initialises the head only.
     in_chans: input channels; in_chans=1 with RGB weights sums the stem over its input channels.
     drop_path_rate: stochastic depth (default: the paper's value for the variant).
-    overrides: any other architecture argument of FocalNet / FocalNetIsotropic.
+    overrides: any other architecture argument of FocalNet / FocalNetIsotropic (global_pool, ...).
     """
+    if pretrained and device is not None and torch.device(device).type == "meta":
+        raise ModelArgumentError("device='meta' makes a model without storage, into which no weights load: "
+                                 "drop pretrained, or build on 'cpu' / 'cuda'")
     if name.startswith(HUB_PREFIX):  # a hub repo states its own architecture
         if pretrained not in (False, True):
             raise CheckpointError(f"create_model({name!r}) takes its weights from the hub repo; drop pretrained={pretrained!r}")
         model = load_model(name, **{k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans,
                                     drop_path_rate=drop_path_rate).items() if v is not None},
-                           reset_head=reset_head, **overrides)
-        return _features(model, out_indices) if features_only else model
+                           reset_head=reset_head, device=device, dtype=dtype, **overrides)
+        return _features(model, out_indices, feature_cls) if features_only else model
     ckpt = _read_pretrained(name, pretrained) if pretrained else None
     if ckpt is not None:
         if num_classes is None:
@@ -157,14 +188,20 @@ def create_model(
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans), ("drop_path_rate", drop_path_rate)):
         if value is not None:
             overrides[key] = value
+    with torch.device("meta"):  # types, ranges and size (FOCALNET_MAX_MODEL_BYTES) before any weight is allocated
+        meta = build_model(name, **overrides)
+    try:
+        validate_arch(meta.arch, where=f"{name} with {overrides}" if overrides else name)
+    except ConversionError as e:
+        raise ModelArgumentError(str(e)) from None
     if ckpt is not None:  # names and shapes compared on the meta device before any weight is allocated
         with torch.device("meta"):
-            _dry_load(build_model(name, **overrides), ckpt, reset_head)
-    model = build_model(name, **overrides)
+            _dry_load(meta, ckpt, reset_head)
+    model = placed(lambda: build_model(name, **overrides), device=device, dtype=dtype)
     if ckpt is not None:
-        load_into(model, ckpt, reset_head=reset_head)
+        load_into(model, ckpt, reset_head=reset_head)  # copied onto the model's device, in its dtype
     _finish(model, ckpt)
-    return _features(model, out_indices) if features_only else model
+    return _features(model, out_indices, feature_cls) if features_only else model
 
 
 def _dry_load(meta_model: nn.Module, ckpt: Checkpoint, reset_head: bool) -> None:
@@ -176,7 +213,7 @@ def _dry_load(meta_model: nn.Module, ckpt: Checkpoint, reset_head: bool) -> None
 
 def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module:
     """Build the model a checkpoint (a path, or a hub repo 'hf-hub:ORG/REPO[@REV]') holds, with its weights,
-    without naming the architecture.
+    without naming the architecture. `overrides` may also hold device and dtype (as for create_model).
 
     The architecture comes from the file when it says (ours, HF, timm folders), else from the registered
     variant whose tensor shapes match (see `resolve_variant`).
@@ -187,6 +224,7 @@ def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module
         ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     variant, arch = resolve_variant(ckpt)
     reset_head = overrides.pop("reset_head", False)
+    device, dtype = overrides.pop("device", None), overrides.pop("dtype", None)
     # the architecture (types, ranges, size) and the file's names and shapes, checked on the meta device:
     # a file claiming a 3 GB model for 1 MB of tensors is refused before anything is allocated
     try:
@@ -194,7 +232,7 @@ def load_model(path: Union[PathLike, Checkpoint], **overrides: Any) -> nn.Module
     except ConversionError as e:
         raise CheckpointError(str(e)) from None
     _dry_load(meta, ckpt, reset_head)
-    model = model_from_arch(arch, **overrides)
+    model = model_from_arch(arch, device=device, dtype=dtype, **overrides)
     model.variant = variant
     load_into(model, ckpt, reset_head=reset_head)
     _finish(model, ckpt)
@@ -215,14 +253,16 @@ def focalnet_custom(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
     declared = dict(kwargs.pop("pretrained_model_args", None) or {})
     features_only, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    feature_cls = kwargs.pop("feature_cls", "getter")
     for key in _TIMM_PASSED:
         kwargs.pop(key, None)
     if not pretrained:
+        placement = {k: kwargs.pop(k) for k in ("device", "dtype") if k in kwargs}
         arch = {**declared, **kwargs}
         if "family" not in arch:
             raise CheckpointError(f"timm's {TIMM_CUSTOM} builds what a config.json written by focalnet describes: "
                                   "use timm.create_model('local-dir:FOLDER'), or focalnet.create_model(NAME, ...)")
-        model = model_from_arch(arch)
+        model = model_from_arch(arch, **placement)
     else:
         source = cfg.get("file") or (HUB_PREFIX + cfg["hf_hub_id"] if cfg.get("hf_hub_id") else None)
         if source is None:
@@ -230,7 +270,7 @@ def focalnet_custom(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         overrides = {k: v for k, v in kwargs.items() if not _same(declared.get(k), v)}
         # timm's semantics: another num_classes is a fresh classifier, another in_chans an adapted stem
         model = load_model(source, reset_head="num_classes" in overrides, **overrides)
-    return _features(model, out_indices) if features_only else model
+    return _features(model, out_indices, feature_cls) if features_only else model
 
 
 def register_with_timm() -> bool:
@@ -247,22 +287,32 @@ def register_with_timm() -> bool:
 
 class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
     """Runs `register_with_timm` right after timm itself is imported, whenever that happens: importing timm
-    in `import focalnet` would cost every import about 1.5 s (timm loads all its model modules)."""
+    in `import focalnet` would cost every import about 1.5 s (timm loads all its model modules).
+
+    A lookup that only asks where timm is (`importlib.util.find_spec("timm")`, as transformers does to learn
+    whether timm is installed) executes nothing: the finder stays in place, and each spec it hands out registers
+    when, and only if, it is executed; then the finder removes itself."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "timm":
             return None
-        sys.meta_path.remove(self)  # once; and so that the lookup below finds timm the ordinary way
-        spec = importlib.util.find_spec("timm")
+        spec = None
+        for finder in list(sys.meta_path):  # where timm is, as the import system would find it without us
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module: Any) -> None:
             exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             register_with_timm()
 
-        spec.loader.exec_module = exec_then_register  # this spec's own loader instance
+        spec.loader.exec_module = exec_then_register  # this spec's own loader instance (a probe's is another)
         return spec
 
 
@@ -281,4 +331,8 @@ def verify(path: Union[PathLike, str]) -> Verification:
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         repo, revision = parse_hub_id(path)
         path = checkpoint_in(download_hub_repo(repo, revision))
-    return verify_checkpoint(read_checkpoint(path), path, known_hashes=known_hashes())
+    ckpt = read_checkpoint(path)
+    variant, arch = resolve_variant(ckpt)  # what load_model would refuse (no architecture fits), verify fails too
+    with torch.device("meta"):
+        _dry_load(model_from_arch(arch), ckpt, reset_head=False)
+    return verify_checkpoint(ckpt, path, known_hashes=known_hashes())

@@ -149,10 +149,15 @@ def download_hub_repo(repo_id: str, revision: Optional[str] = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointError("hub downloads need huggingface_hub: pip install 'focalnet[hub]'") from None
-    return Path(snapshot_download(
-        repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, cache_dir=hub_cache_dir(),
-        local_files_only=hub_offline(),
-    ))
+    try:
+        return Path(snapshot_download(
+            repo_id, revision=revision, allow_patterns=_HUB_PATTERNS, cache_dir=hub_cache_dir(),
+            local_files_only=hub_offline(),
+        ))
+    except (OSError, ValueError) as e:  # offline, not cached, no such repo or revision: huggingface_hub's errors
+        where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+        raise CheckpointError(f"cannot fetch {where}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; "
+                              "check the name and the network, or cache it first (HF_HUB_OFFLINE=1 reads the cache only)") from None
 
 
 def checkpoint_in(folder: Path) -> Path:

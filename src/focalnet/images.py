@@ -11,7 +11,9 @@ changes it) is refused by `check_image_side` before anything is allocated, and a
 decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, about 89 million pixels; Pillow only warns up to
 twice that, here it is an error) is refused before it is decoded.
 
-This module sits at the bottom of the package: it imports only `focalnet.errors`, and numpy, torch, PIL and
+Files are opened through `focalnet.safeio` (regular files only: a FIFO or a device is refused, never read).
+
+This module sits at the bottom of the package: it imports only `focalnet.errors` and `focalnet.safeio`, and numpy, torch, PIL and
 torchvision inside the functions that need them, so that importing it (the registry does) costs nothing.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "ImageTooLargeError",
     "MAX_IMAGE_SIDE",
     "check_image_side",
+    "check_resized",
     "max_image_side",
     "PreprocessingError",
     "gray_stats",
@@ -91,6 +94,19 @@ def check_image_side(side: Any, what: str = "the image size") -> int:
             "than a forward pass can use); pass a smaller size, or raise the limit with FOCALNET_MAX_IMAGE_SIDE"
         )
     return side
+
+
+def check_resized(img: Any, short_side: int, what: str) -> None:
+    """Refuse, before resizing, an image (anything with width and height: a PIL image, opened but not yet
+    decoded) whose longer side would exceed `max_image_side()` once its shorter side is `short_side` (a
+    1 x 1,000,000 px banner resized to 256 would be 256 million px long)."""
+    long_side = round(max(img.width, img.height) * short_side / max(1, min(img.width, img.height)))
+    cap = max_image_side()
+    if long_side > cap:
+        raise ImageTooLargeError(
+            f"{what} ({img.width}x{img.height} px) resized to a shorter side of {short_side} px would be {long_side} px "
+            f"long, above the limit of {cap} px; crop it closer to square first, or raise FOCALNET_MAX_IMAGE_SIDE"
+        )
 
 
 class PreprocessingError(FocalNetError, ValueError):
@@ -186,15 +202,18 @@ def _from_array(arr: "np.ndarray") -> "Image.Image":
 def _from_file(path: Path) -> "Image.Image":
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        raise ImageError(f"image not found: {path}")
+    from .safeio import open_regular, present, printable
+
+    if not present(path):
+        raise ImageError(f"image not found: {printable(path)}")
     if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file")
+        raise ImageError(f"{printable(path)} is a folder, not an image file")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice it: a bomb all the same, refused before decoding
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            # regular files only: a FIFO or /dev/zero would block or never end
+            with open_regular(path, "image", ImageError) as f, Image.open(f) as opened:
                 opened.load()  # decode now: a truncated file fails here, not later
                 return opened.copy()
     except UnidentifiedImageError:

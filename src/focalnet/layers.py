@@ -5,9 +5,11 @@ Layout: every tensor is logically (B, C, H, W). Inside the model it is kept in c
 convolutions of focal modulation are fastest there, and a LayerNorm over C of a channels-last tensor is a
 permute that copies nothing. The public FocalNet code switches between (B, L, C) tokens and (B, C, H, W)
 maps with `.permute(...).contiguous()` copies several times per block; this file never copies for layout.
-"""
-from __future__ import annotations
 
+Every forward here also runs under `torch.jit.script` and `torch.fx.symbolic_trace` with eager's values: the few
+branches on a tensor's size live in functions that fx keeps as one call each (`torch.fx.wrap`), so a traced graph
+takes the same branch as eager for whatever size it is given.
+"""
 from typing import Sequence
 
 import torch
@@ -41,6 +43,7 @@ def focal_kernel_sizes(focal_level: int, focal_window: int, focal_factor: int = 
     return [focal_factor * level + focal_window for level in range(focal_level)]
 
 
+@torch.jit.unused  # TorchScript never exports this way; it pads unconditionally (see pad_to_multiple)
 def _exporting() -> bool:
     # Under ONNX / torch.export tracing, shapes are symbolic: a Python branch on them would be frozen
     # into the graph for the example size (the fault of the Hugging Face ONNX export). Always pad then.
@@ -59,6 +62,7 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+@torch.fx.wrap  # a branch on the size: one call in an fx graph, decided at run time
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad the bottom and right of (B, C, H, W) so that H and W are multiples of `multiple`.
 
@@ -67,13 +71,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     the bottom/right only, so maps whose size is already a multiple are untouched and the output equals
     the reference implementations exactly.
     """
-    H, W = x.shape[-2:]
+    H, W = x.shape[-2], x.shape[-1]
     pad_h = (multiple - H % multiple) % multiple
     pad_w = (multiple - W % multiple) % multiple
-    if _exporting() or torch.jit.is_tracing():
-        return F.pad(x, (0, pad_w, 0, pad_h))
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or _exporting():
+        return F.pad(x, [0, pad_w, 0, pad_h])
     if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = F.pad(x, [0, pad_w, 0, pad_h])
     return x
 
 
@@ -134,9 +138,15 @@ class GELU(nn.GELU):
     (inductor generates its own vectorised kernel, and fuses it into the convolution before it)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _compiling() and x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
-        return F.gelu(x, approximate=self.approximate)
+        return gelu(x, self.approximate)
+
+
+@torch.fx.wrap  # a branch on the memory layout: one call in an fx graph, decided at run time
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU's computation (see the GELU module): on the NHWC view of a channels-last map, except under dynamo."""
+    if not _compiling() and x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return F.gelu(x.permute(0, 2, 3, 1), approximate=approximate).permute(0, 3, 1, 2)
+    return F.gelu(x, approximate=approximate)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -152,12 +162,18 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.kernel_size[0] // 2
-        if p and torch.is_grad_enabled() and 2 * p >= min(x.shape[-2], x.shape[-1]) and (
-            x.requires_grad or self.weight.requires_grad
-        ):
-            return F.conv2d(F.pad(x, (p, p, p, p)), self.weight, None, 1, 0, 1, self.groups)
-        return F.conv2d(x, self.weight, None, 1, p, 1, self.groups)
+        return depthwise_conv(x, self.weight, self.kernel_size[0] // 2, self.groups)
+
+
+@torch.fx.wrap  # a branch on the size: one call in an fx graph, decided at run time
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, p: int, groups: int) -> torch.Tensor:
+    """DepthwiseConv2d's computation: zero padding `p` in the convolution, or as an explicit pad first when
+    gradients are recorded and the padding reaches half the map (see DepthwiseConv2d)."""
+    if p > 0 and torch.is_grad_enabled() and 2 * p >= min(x.shape[-2], x.shape[-1]) and (
+        x.requires_grad or weight.requires_grad
+    ):
+        return F.conv2d(F.pad(x, [p, p, p, p]), weight, None, 1, 0, 1, groups)
+    return F.conv2d(x, weight, None, 1, p, 1, groups)
 
 
 class Mlp(nn.Module):
@@ -234,7 +250,7 @@ class FocalModulation(nn.Module):
         # hierarchical contextualization and gated aggregation. Eager: accumulated in place into one buffer (the
         # first product is a fresh tensor and no backward formula needs the running sum, so autograd allows it).
         # Traced: out of place, the plain sum inductor fuses into one loop (see _compiling)
-        plain = _compiling()
+        plain = _compiling()  # False under TorchScript too: the scripted model computes eager's values
         ctx_all = None
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = focal_layer(ctx)  # z^l, (B, C, H, W)

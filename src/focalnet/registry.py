@@ -16,8 +16,10 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch.nn as nn
 
 from .errors import FocalNetError
+from .arch_fields import INSTANCE, fields_with
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .models import FocalNet, FocalNetIsotropic, check_arguments
+from .preprocess import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
 
 __all__ = [
     "ModelSpec", "Published", "Weights", "register_model", "list_models", "get_spec", "build_model",
@@ -60,8 +62,8 @@ class ModelSpec:
     published: Published
     weights: Weights
     drop_path_rate: float  # the paper's recipe value for this variant
-    crop_pct: float = 0.875  # the authors' evaluation transform: resize to 256/224 of the crop
-    interpolation: str = "bicubic"
+    crop_pct: float = DEFAULT_CROP_PCT  # the authors' evaluation transform: resize to 256/224 of the crop
+    interpolation: str = DEFAULT_INTERPOLATION
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
@@ -86,7 +88,7 @@ class UnknownModelError(FocalNetError, KeyError):
 
 
 def register_model(
-    published: Published, drop_path_rate: float, weights: Weights = Weights(), crop_pct: float = 0.875
+    published: Published, drop_path_rate: float, weights: Weights = Weights(), crop_pct: float = DEFAULT_CROP_PCT
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
@@ -136,8 +138,8 @@ def list_models(pattern: Union[str, None] = None) -> list[str]:
     return names
 
 
-# what a head, an input or a regulariser changes is not a different architecture
-_NOT_SHAPE = frozenset({"num_classes", "in_chans", "drop_rate", "drop_path_rate", "proj_drop_rate"})
+# what a head, an input or a regulariser changes is not a different architecture (INSTANCE in focalnet.arch_fields)
+_INSTANCE_FIELDS = frozenset(fields_with(INSTANCE))
 _SHORT = {"patch_size": "patch"}
 _FIRST = ("embed_dim", "depths", "depth", "patch_size", "focal_levels", "focal_windows")
 
@@ -149,7 +151,7 @@ def _arch_differences(arch: Mapping[str, Any], base: Mapping[str, Any]) -> list[
     diffs = []
     keys = list(_FIRST) + [k for k in list(arch) + list(base) if k not in _FIRST]
     for key in dict.fromkeys(keys):
-        if key in _NOT_SHAPE:
+        if key in _INSTANCE_FIELDS:
             continue
         ours, theirs = arch.get(key), base.get(key)
         if isinstance(theirs, (list, tuple)) and key != "depths" and stages:

@@ -14,6 +14,8 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import limit_from_env
+from ..models import FAMILIES
+from ..arch_fields import HIDDEN, FieldRule, arch_fields, constructor_defaults, fields_with
 from .convert import ConversionError
 
 __all__ = [
@@ -66,18 +68,21 @@ def arch_from_state_dict(sd: Mapping[str, torch.Tensor], family: Optional[str] =
 def _arch_from_shapes(sd: Mapping[str, torch.Tensor], family: Optional[str] = None) -> dict:
     """What the tensor shapes of our-layout `sd` say about the architecture.
 
-    Shapes fix depths, width, focal levels, windows, focal factor, patch size, conv embedding, layer scale
-    and post-norm in modulation. They cannot tell pre- from post-norm blocks nor `normalize_modulator`
-    (no parameters): those come from the registered variant with the same shapes (see
-    `focalnet.factory.resolve_variant`), or default to False.
+    Shapes fix the SHAPE fields of `focalnet.arch_fields` (depths, width, focal levels, windows, focal factor,
+    patch size, conv embedding, post-norm in modulation), whether there is layer scale, the input channels
+    and the classes. The HIDDEN fields (pre- or post-norm blocks, `normalize_modulator`: no parameters) come
+    from the registered variant with the same shapes (see `focalnet.factory.resolve_variant`), else they
+    are the constructor's defaults.
     """
     family = family or ("isotropic" if any(k.startswith("blocks.") for k in sd) else "hierarchical")
     stem = sd["stem.proj.weight"]  # (embed_dim, in_chans, k, k)
     embed_dim, in_chans, k = int(stem.shape[0]), int(stem.shape[1]), int(stem.shape[2])
     head = sd.get("head.fc.weight")
+    known = family if family in FAMILIES else "hierarchical"  # as the layout below reads it
+    defaults = constructor_defaults(known)
     common = dict(
         embed_dim=embed_dim, in_chans=in_chans, num_classes=0 if head is None else int(head.shape[0]),
-        use_post_norm=False, normalize_modulator=False,
+        **{name: defaults[name] for name in fields_with(HIDDEN, family=known)},
     )
     if family == "isotropic":
         block = _block_arch(sd, "blocks.0.")
@@ -100,15 +105,7 @@ def _arch_from_shapes(sd: Mapping[str, torch.Tensor], family: Optional[str] = No
 # Validating an architecture a file states (ours, a training checkpoint, a Hugging Face config.json)
 # --------------------------------------------------------------------------------------------------------
 
-# Bounds on what a file may ask for: wide enough for every published FocalNet (huge: embed_dim 352, 18
-# blocks in a stage, a 21842-class head) and any sensible custom one; a crafted file cannot ask for more.
-_INT_RANGES = dict(
-    embed_dim=(1, 8192), in_chans=(1, 64), num_classes=(0, 1_000_000), patch_size=(1, 64), focal_factor=(0, 16),
-    depth=(1, 256), focal_level=(1, 16), focal_window=(1, 63),
-)
-_PER_STAGE = dict(depths=(1, 256), focal_levels=(1, 16), focal_windows=(1, 63))
-_FLAGS = ("use_conv_embed", "use_post_norm", "use_post_norm_in_modulation", "normalize_modulator")
-_RATES = ("drop_rate", "proj_drop_rate", "drop_path_rate")
+# the bounds on each field are in focalnet.arch_fields.FIELD_RULES; on the number of stages, here
 MAX_STAGES = 8
 # default cap on the parameters' bytes (float32) of a model built from a file: 4 G parameters, six times
 # FocalNet-H; FOCALNET_MAX_MODEL_BYTES overrides it
@@ -124,40 +121,56 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_int(key: str, v: object, lo: int, hi: int) -> None:
+def _check_int(key: str, v: object, lo: float, hi: float) -> None:
     if not _is_int(v) or not lo <= v <= hi:
         raise ConversionError(f"architecture key {key!r} must be a whole number in [{lo}, {hi}], got {v!r}")
 
 
-def check_arch_fields(arch: Mapping) -> None:
-    """Types and ranges of every known architecture field (unknown ones are refused when the model is built)."""
-    for key, (lo, hi) in _INT_RANGES.items():
-        if key in arch:
-            _check_int(key, arch[key], lo, hi)
-    stages = arch.get("depths")
-    if "depths" in arch and (not isinstance(stages, (list, tuple)) or not 1 <= len(stages) <= MAX_STAGES):
-        raise ConversionError(f"architecture key 'depths' must be a list of 1 to {MAX_STAGES} stage depths, got {stages!r}")
-    for key, (lo, hi) in _PER_STAGE.items():
-        if key not in arch:
-            continue
-        v = arch[key]
-        if key != "depths" and not isinstance(v, (list, tuple)):  # one value for every stage
-            _check_int(key, v, lo, hi)
-            continue
-        if not isinstance(v, (list, tuple)) or (stages is not None and len(v) != len(stages)):
+def _check_number(key: str, v: object, rule: FieldRule) -> None:
+    if not _is_number(v) or not (rule.lo < v if rule.open_lo else rule.lo <= v) or not (
+        v < rule.hi if rule.open_hi else v <= rule.hi
+    ):
+        interval = f"{'(' if rule.open_lo else '['}{rule.lo:g}, {rule.hi:g}{')' if rule.open_hi else ']'}"
+        null = "null or " if rule.optional else ""
+        raise ConversionError(f"architecture key {key!r} must be {null}a number in {interval}, got {v!r}")
+
+
+def _check_field(key: str, v: object, rule: FieldRule, stages: Optional[int]) -> None:
+    """One field's type and range by its rule (focalnet.arch_fields); `stages`: the number of stages, if known."""
+    if v is None and rule.optional:
+        return
+    if rule.kind == "flag":
+        if not isinstance(v, bool):
+            raise ConversionError(f"architecture key {key!r} must be true or false, got {v!r}")
+    elif rule.kind == "number":
+        _check_number(key, v, rule)
+    elif rule.kind == "text":
+        if not isinstance(v, str) or len(v) > rule.hi or (rule.choices is not None and v not in rule.choices):
+            known = (f"one of {', '.join(map(repr, rule.choices))}" if rule.choices is not None
+                     else f"a string of at most {rule.hi} characters")
+            raise ConversionError(f"architecture key {key!r} must be {known}, got {v!r}")
+    elif rule.kind == "depths" and (not isinstance(v, (list, tuple)) or not 1 <= len(v) <= MAX_STAGES):
+        raise ConversionError(f"architecture key {key!r} must be a list of 1 to {MAX_STAGES} stage depths, got {v!r}")
+    elif rule.kind in ("stages", "depths") and isinstance(v, (list, tuple)):
+        if stages is not None and len(v) != stages:
             raise ConversionError(f"architecture key {key!r} must be a list with one value per stage, got {v!r}")
         for x in v:
-            _check_int(key, x, lo, hi)
-    for key in _FLAGS:
-        if key in arch and not isinstance(arch[key], bool):
-            raise ConversionError(f"architecture key {key!r} must be true or false, got {arch[key]!r}")
-    for key, lo, hi in [("mlp_ratio", 0.0, 64.0)] + [(k, 0.0, 1.0) for k in _RATES]:
-        v = arch.get(key, 0.5)
-        if not _is_number(v) or not lo <= v <= hi or (key == "mlp_ratio" and v <= 0) or (key in _RATES and v >= 1):
-            raise ConversionError(f"architecture key {key!r} out of range: {v!r}")
-    ls = arch.get("layerscale_value")
-    if ls is not None and (not _is_number(ls) or not 0 < ls <= 1e3):
-        raise ConversionError(f"architecture key 'layerscale_value' must be null or a positive number, got {ls!r}")
+            _check_int(key, x, rule.lo, rule.hi)
+    else:  # 'int', or one value for every stage
+        _check_int(key, v, rule.lo, rule.hi)
+
+
+def check_arch_fields(arch: Mapping) -> None:
+    """Types and ranges of every known architecture field, by its rule in `focalnet.arch_fields` (unknown ones
+    are refused when the model is built)."""
+    rules = arch_fields()
+    depths = arch.get("depths")
+    if "depths" in arch:  # first: the other per-stage fields are checked against its length
+        _check_field("depths", depths, rules["depths"], None)
+    stages = len(depths) if isinstance(depths, (list, tuple)) else None
+    for key, rule in rules.items():
+        if key in arch and key != "depths":
+            _check_field(key, arch[key], rule, stages)
 
 
 def _is_number(v: object) -> bool:
@@ -172,7 +185,7 @@ def validate_arch(arch: object, where: str = "the architecture") -> "torch.nn.Mo
     ConversionError naming `where` (the file) and the key; `focalnet.checkpoints.io` turns them into
     CheckpointError."""
     from ..errors import FocalNetError
-    from ..models import FAMILIES, model_from_arch
+    from ..models import model_from_arch
 
     try:
         if not isinstance(arch, Mapping):
@@ -198,34 +211,42 @@ def validate_arch(arch: object, where: str = "the architecture") -> "torch.nn.Mo
 # --------------------------------------------------------------------------------------------------------
 
 
+# transformers' FocalNetConfig has the hierarchical FocalNet's defaults (depths 2-2-6-2, embed_dim 96, ...);
+# its per-stage keys hold one entry for an isotropic model
+_HF_DEFAULTS = "hierarchical"
+_HF_LISTS = frozenset(r.hf for r in arch_fields().values() if r.kind in ("stages", "depths"))
+
+
+def _hf_default(key: str, stages: int) -> object:
+    """transformers' default for the config key `key`, per stage as a list of `stages` entries."""
+    defaults = constructor_defaults(_HF_DEFAULTS)
+    name = next(n for n, r in arch_fields(_HF_DEFAULTS).items() if r.hf == key)
+    value = defaults[name]
+    return value if isinstance(value, list) or key not in _HF_LISTS else [value] * stages
+
+
 def arch_from_hf_config(config: Mapping) -> dict:
-    """Our architecture from a transformers FocalNetConfig dict."""
+    """Our architecture from a transformers FocalNetConfig dict: each field from its key (`hf` in
+    focalnet.arch_fields; a key left out: transformers' default), the classes from id2label, layer scale from
+    use_layerscale and layerscale_value. One stage is an isotropic model."""
     if config.get("hidden_act", "gelu") != "gelu" or abs(config.get("layer_norm_eps", 1e-5) - 1e-5) > 1e-12:
         raise ConversionError("only hidden_act='gelu' and layer_norm_eps=1e-5 FocalNet configs are supported")
     archs = config.get("architectures") or []
     has_head = not archs or any("Classification" in a for a in archs)
     num_classes = len(config.get("id2label") or {}) if has_head else 0
-    depths = list(config.get("depths", [2, 2, 6, 2]))
-    common = dict(
-        embed_dim=config.get("embed_dim", 96),
-        mlp_ratio=config.get("mlp_ratio", 4.0),
-        in_chans=config.get("num_channels", 3),
-        num_classes=num_classes or (0 if not has_head else 2),
-        patch_size=config.get("patch_size", 4),
-        use_post_norm=bool(config.get("use_post_layernorm", False)),
-        use_post_norm_in_modulation=bool(config.get("use_post_layernorm_in_modulation", False)),
-        normalize_modulator=bool(config.get("normalize_modulator", False)),
-        layerscale_value=config.get("layerscale_value", 1e-4) if config.get("use_layerscale") else None,
-        drop_path_rate=config.get("drop_path_rate", 0.1),
-    )
-    levels = list(config.get("focal_levels", [2, 2, 2, 2]))
-    windows = list(config.get("focal_windows", [3, 3, 3, 3]))
-    if len(depths) == 1:
-        return dict(family="isotropic", depth=depths[0], focal_level=levels[0], focal_window=windows[0], **common)
-    return dict(
-        family="hierarchical", depths=depths, focal_levels=levels, focal_windows=windows,
-        use_conv_embed=bool(config.get("use_conv_embed", False)), **common,
-    )
+    depths = list(config.get("depths", _hf_default("depths", 0)))
+    family = "isotropic" if len(depths) == 1 else "hierarchical"
+    arch: dict = {"family": family}
+    for name, rule in arch_fields(family).items():
+        if rule.hf is None:
+            continue
+        value = config.get(rule.hf, _hf_default(rule.hf, len(depths)))
+        if rule.hf in _HF_LISTS:
+            value = list(value) if rule.kind in ("stages", "depths") else list(value)[0]
+        arch[name] = bool(value) if rule.kind == "flag" else value
+    arch["num_classes"] = num_classes or (0 if not has_head else 2)
+    arch["layerscale_value"] = config.get("layerscale_value", 1e-4) if config.get("use_layerscale") else None
+    return arch
 
 
 def class_names_from_hf_config(config: Mapping) -> Optional[list[str]]:
@@ -237,18 +258,29 @@ def class_names_from_hf_config(config: Mapping) -> Optional[list[str]]:
     return names
 
 
+def _hf_fields(arch: Mapping) -> dict:
+    """Each field of `arch` that transformers' config has a key for (`hf` in focalnet.arch_fields), under that key;
+    a field `arch` leaves out is the constructor's default. Per-stage keys are lists (one entry when isotropic)."""
+    full = {**constructor_defaults(arch["family"]), **arch}
+    stages = len(full["depths"]) if isinstance(full.get("depths"), (list, tuple)) else 1
+    out: dict = {}
+    for name, rule in arch_fields(arch["family"]).items():
+        if rule.hf is None:
+            continue
+        value = full[name]
+        if rule.hf in _HF_LISTS:
+            value = list(value) if isinstance(value, (list, tuple)) else [value] * stages
+        out[rule.hf] = bool(value) if rule.kind == "flag" else float(value) if rule.kind == "number" else value
+    return out
+
+
 def hf_config(arch: Mapping, class_names: Optional[list[str]] = None, img_size: int = 224) -> dict:
     """A transformers FocalNetConfig (as a dict) for our architecture `arch`.
 
     Without class names, a 1000- or 21842-class head gets ImageNet's names (see `imagenet_labels`), so that
     `pipeline("image-classification")` says 'tabby, tabby cat' rather than 'LABEL_281'."""
-    if arch["family"] == "isotropic":
-        depths, levels, windows = [arch["depth"]], [arch["focal_level"]], [arch["focal_window"]]
-        conv_embed = False
-    else:
-        depths, levels, windows = list(arch["depths"]), list(arch["focal_levels"]), list(arch["focal_windows"])
-        conv_embed = bool(arch.get("use_conv_embed", False))
-    dims = [arch["embed_dim"] * 2**i for i in range(len(depths))]
+    fields = _hf_fields(arch)
+    dims = [fields["embed_dim"] * 2**i for i in range(len(fields["depths"]))]
     num_classes = arch.get("num_classes", 0)
     if class_names is None and imagenet_labels(num_classes) is not None:
         class_names = imagenet_labels(num_classes)[1]
@@ -256,24 +288,14 @@ def hf_config(arch: Mapping, class_names: Optional[list[str]] = None, img_size: 
     return {
         "model_type": "focalnet",
         "architectures": ["FocalNetForImageClassification" if num_classes > 0 else "FocalNetModel"],
-        "embed_dim": arch["embed_dim"],
-        "depths": depths,
-        "focal_levels": levels,
-        "focal_windows": windows,
+        "use_conv_embed": False,  # the isotropic model has no such argument
+        **fields,
         "hidden_sizes": dims[1:] + dims[-1:],
-        "use_conv_embed": conv_embed,
         "use_layerscale": arch.get("layerscale_value") is not None,
         "layerscale_value": arch.get("layerscale_value") or 1e-4,
-        "use_post_layernorm": bool(arch.get("use_post_norm", False)),
-        "use_post_layernorm_in_modulation": bool(arch.get("use_post_norm_in_modulation", False)),
-        "normalize_modulator": bool(arch.get("normalize_modulator", False)),
-        "num_channels": arch.get("in_chans", 3),
-        "patch_size": arch.get("patch_size", 4),
         "image_size": int(img_size),
-        "mlp_ratio": float(arch.get("mlp_ratio", 4.0)),
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
-        "drop_path_rate": float(arch.get("drop_path_rate", 0.1)),
         "initializer_range": 0.02,
         "layer_norm_eps": 1e-5,
         "encoder_stride": 32,
@@ -313,22 +335,16 @@ def complete_preprocessing(in_chans: int, saved: Optional[Mapping] = None, varia
     """The whole evaluation preprocessing (mean, std, img_size, crop_pct, interpolation): what the file saved,
     else the registered variant's, else ImageNet's at 224 px; a 1-channel model of RGB statistics gets the
     mean of the three means and stds."""
-    from ..images import IMAGENET_MEAN, IMAGENET_STD, gray_stats
+    from ..preprocess import resolve_record, stats_for
     from ..registry import get_spec, list_models
 
     spec = get_spec(variant) if variant in list_models() else None
-    out = dict(
-        mean=list(spec.mean if spec else IMAGENET_MEAN), std=list(spec.std if spec else IMAGENET_STD),
-        img_size=spec.published.img_size if spec else 224, crop_pct=spec.crop_pct if spec else 0.875,
-        interpolation=spec.interpolation if spec else "bicubic",
-    )
-    if saved and len(saved.get("mean") or ()) == in_chans:
-        out.update({k: (list(v) if k in ("mean", "std") else v) for k, v in saved.items() if v is not None})
-    elif len(out["mean"]) != in_chans:
-        if in_chans != 1:
-            raise ConversionError(f"no preprocessing is known for {in_chans}-channel input: pass mean and std")
-        mean, std = gray_stats(out["mean"], out["std"])
-        out.update(mean=list(mean), std=list(std))
+    fits = bool(saved) and len(saved.get("mean") or ()) == in_chans  # a record for other channels says nothing here
+    out = resolve_record(spec=spec, saved=saved if fits else None)
+    if len(out["mean"]) != in_chans and in_chans != 1:
+        raise ConversionError(f"no preprocessing is known for {in_chans}-channel input: pass mean and std")
+    mean, std = stats_for(out["mean"], out["std"], in_chans)
+    out.update(mean=list(mean), std=list(std))
     return out
 
 
@@ -349,13 +365,9 @@ def hf_preprocessor_config(pre: Mapping) -> dict:
     }
 
 
-# timm's FocalNet arguments and ours; timm has no patch size (its stem is stride 4) and no focal factor (2)
-_TIMM_ARGS = {
-    "embed_dim": "embed_dim", "depths": "depths", "mlp_ratio": "mlp_ratio", "focal_levels": "focal_levels",
-    "focal_windows": "focal_windows", "use_overlap_down": "use_conv_embed", "use_post_norm": "use_post_norm",
-    "use_post_norm_in_modulation": "use_post_norm_in_modulation", "normalize_modulator": "normalize_modulator",
-    "layerscale_value": "layerscale_value", "in_chans": "in_chans", "num_classes": "num_classes",
-}
+# timm's FocalNet arguments -> ours (`timm` in focalnet.arch_fields); timm has no patch size (its stem is stride 4)
+# and no focal factor (2)
+_TIMM_ARGS = {rule.timm: name for name, rule in arch_fields("hierarchical").items() if rule.timm}
 # what each of timm's entry points fixes (`dict(depths=..., embed_dim=..., **kwargs)`: a second value for one of
 # these is a TypeError): read from timm/models/focalnet.py; everything else is free in model_args
 _TIMM_FIXED = ("embed_dim", "depths", "focal_levels", "focal_windows", "use_overlap_down", "use_post_norm",

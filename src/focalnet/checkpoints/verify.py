@@ -27,11 +27,15 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
+from ..arch_fields import HIDDEN, arch_fields
 from ..models import model_from_arch
+from ..safeio import loads_json, open_regular, present, printable, read_json
+from .fields import CheckpointError
 
 __all__ = [
     "RECORD_KEY",
     "RECORD_VERSION",
+    "RecordError",
     "fingerprint",
     "reference_input",
     "reference_outputs",
@@ -48,7 +52,7 @@ RECORD_KEY = "focalnet"  # config.json key; `focalnet_record` in safetensors met
 RECORD_VERSION = 1
 REF_SIZE = 64  # the fixed input: small enough to run any variant in a second, large enough to reach stage 4
 REF_COLUMNS = 16  # outputs recorded per image (all classes of a 21842-way head would bloat the header)
-HIDDEN_FLAGS = ("normalize_modulator", "use_post_norm")  # no tensor shows them
+HIDDEN_FLAGS = tuple(n for n, r in arch_fields().items() if r.role == HIDDEN and r.kind == "flag")  # no tensor shows them
 
 
 def fingerprint(sd: Mapping[str, torch.Tensor]) -> str:
@@ -64,7 +68,7 @@ def fingerprint(sd: Mapping[str, torch.Tensor]) -> str:
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     """The sha256 of a file's bytes (what a registry records for a released file)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint", CheckpointError) as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -146,26 +150,67 @@ def record_path_for(path: PathLike) -> Path:
     return path.with_name(path.name + ".focalnet.json")
 
 
-def read_record(path: PathLike) -> Optional[dict]:
-    """The record a file or folder we wrote carries; None for files written by anyone else."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            cfg = path / "config.json"
-            config = json.loads(cfg.read_text()) if cfg.exists() else None
-            record = config.get(RECORD_KEY) if isinstance(config, dict) else None
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
+class RecordError(CheckpointError):
+    """A record that is present but damaged: garbled JSON, a folder or FIFO where the sidecar goes, wrong
+    fields. Never taken for an absent record (that would let tampering pass `verify`)."""
 
+
+def read_record(path: PathLike) -> Optional[dict]:
+    """The record a file or folder we wrote carries; None for files written by anyone else (no record at
+    all). A record that is there but damaged is a RecordError naming where it is and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        cfg = path / "config.json"
+        config = read_json(cfg, "config", RecordError) if present(cfg) else None
+        record, where = (config.get(RECORD_KEY) if isinstance(config, dict) else None), f"{cfg}: key '{RECORD_KEY}'"
+    elif path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            record = json.loads(meta["focalnet_record"]) if "focalnet_record" in meta else None
-        else:
-            side = record_path_for(path)
-            record = json.loads(side.read_text()) if side.exists() else None
-    except (OSError, ValueError, KeyError):  # an unreadable record is reported as absent by verify
+        except (SafetensorError, OSError, ValueError) as e:
+            raise RecordError(f"cannot read the metadata of {path}: {printable(e)}") from None
+        where = f"{path}: metadata 'focalnet_record'"
+        record = loads_json(meta["focalnet_record"], where, RecordError) if "focalnet_record" in meta else None
+    else:
+        side = record_path_for(path)
+        where = str(side)
+        record = read_json(side, "record", RecordError) if present(side) else None
+    if record is None:
         return None
-    return record if isinstance(record, dict) else None  # a crafted non-object record is absent too
+    check_record_fields(record, where)
+    return record
+
+
+def _numbers(v: Any) -> bool:  # NaN included: a model whose weights are NaN records NaN outputs, truthfully
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_record_fields(record: Any, where: str) -> None:
+    """The fields of a record that verify and the readers use, by type (the architecture's values are
+    checked by `validate_arch` where it is used, the preprocessing by `fields.clean_preprocessing`)."""
+    def bad(key: str, want: str) -> RecordError:
+        return RecordError(f"{where}: damaged focalnet record: '{key}' must be {want}; the file was edited or damaged "
+                           "(re-save it, or remove the record to treat it as a file from another tool)")
+
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: damaged focalnet record: a JSON {type(record).__name__}, not an object")
+    if not isinstance(record.get("arch"), dict):
+        raise bad("arch", "an object (the architecture)")
+    if not isinstance(record.get("fingerprint"), str):
+        raise bad("fingerprint", "a string")
+    if record.get("variant") is not None and not isinstance(record["variant"], str):
+        raise bad("variant", "a string or null")
+    if record.get("class_names") is not None and not isinstance(record["class_names"], list):
+        raise bad("class_names", "a list or null")
+    if record.get("preprocessing") is not None and not isinstance(record["preprocessing"], dict):
+        raise bad("preprocessing", "an object or null")
+    ref = record.get("reference")
+    values = ref.get("values") if isinstance(ref, dict) else None
+    if not isinstance(values, list) or not values or not all(
+            isinstance(row, list) and row and all(_numbers(v) for v in row) for row in values):
+        raise bad("reference", "an object whose 'values' is a non-empty list of rows of numbers")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -227,6 +272,22 @@ def _diagnose(sd: Mapping[str, torch.Tensor], arch: Mapping, ref: Mapping) -> li
     return found
 
 
+def _check_record_arch(arch: Mapping, sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """The record's architecture builds a model that holds exactly these tensors (else it is not this file's)."""
+    from .arch import validate_arch
+    from .convert import ConversionError
+    from .fields import check_arch_matches
+
+    try:
+        model = validate_arch(arch, where=f"{path}: its record's architecture")
+    except ConversionError as e:
+        raise RecordError(str(e)) from None
+    try:
+        check_arch_matches(model, sd, f"{path} (its record)")
+    except CheckpointError as e:
+        raise RecordError(str(e)) from None
+
+
 def verify_checkpoint(ckpt: Any, path: PathLike, known_hashes: Optional[Mapping[str, str]] = None) -> Verification:
     """Recompute the fingerprint and reference outputs of a read checkpoint (`read_checkpoint(path)`) and
     compare them with the record its file carries (`focalnet.verify(path)` reads and calls this).
@@ -243,6 +304,7 @@ def verify_checkpoint(ckpt: Any, path: PathLike, known_hashes: Optional[Mapping[
         return result
     result.fingerprint_ok = record.get("fingerprint") == result.fingerprint
     arch = record["arch"]
+    _check_record_arch(arch, ckpt.state_dict, path)
     if ckpt.arch is not None:  # the file's own config states the flags: they must agree with the record
         wrong = [f"{k}: the file's config says {ckpt.arch.get(k)}, its record says {arch.get(k)}"
                  for k in HIDDEN_FLAGS if k in ckpt.arch and bool(ckpt.arch.get(k)) != bool(arch.get(k))]

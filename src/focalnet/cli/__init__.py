@@ -2,8 +2,10 @@
 
 Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its subcommands and sets
 `func` on each; heavy imports happen inside the commands, so that `focalnet list` starts fast.
-Errors: a `focalnet.errors.FocalNetError` (any project error type) is printed as one line and exits with
-status 2; any other exception is a bug and keeps its traceback.
+Errors, for every command alike (`main` applies the rule once): a `focalnet.errors.FocalNetError` (any
+project error type) is printed as one line and exits with status 2, and so are the few outside errors a
+user fixes alone: an existing output (pass --force), a missing optional package (the message names the
+extra to install) and running out of memory. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Optional, Sequence
 from ..errors import FocalNetError
 
 COMMAND_MODULES = ("models", "train", "inspect", "dense", "deploy")
+# the extra of pyproject.toml each group of commands mostly needs: named first when it has a missing package
+COMMAND_EXTRAS = {"models": "hub", "train": "train", "inspect": "viz", "dense": "dense", "deploy": "export"}
 
 
 class UserError(FocalNetError):
@@ -79,22 +83,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# import names that differ from their package's name on PyPI
+_DISTRIBUTIONS = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def install_hint(module: str, prefer: Optional[str] = None) -> str:
+    """`pip install 'focalnet[EXTRA]'` for the extra that provides the top-level module `module`: `prefer`
+    (the command's) when it does, else the smallest that does (read from the installed package's metadata,
+    so pyproject.toml is the one list); `pip install PACKAGE` when no extra has it."""
+    from importlib import metadata
+
+    top = module.split(".")[0]
+    wanted = _normalise(_DISTRIBUTIONS.get(top, top))
+    extras: dict[str, set[str]] = {}
+    try:
+        requires = metadata.requires("focalnet") or []
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        requires = []
+    for req in requires:
+        found = re.match(r"\s*([A-Za-z0-9_.\-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if found:
+            extras.setdefault(found.group(2), set()).add(_normalise(found.group(1)))
+    providers = [e for e, names in extras.items() if wanted in names and e not in ("all", "dev")]
+    if not providers:
+        return f"pip install {_DISTRIBUTIONS.get(top, top)}"
+    extra = prefer if prefer in providers else min(providers, key=lambda e: (len(extras[e]), e))
+    return f"pip install 'focalnet[{extra}]'"
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # no command that never loaded torch can run out of its memory
+    return isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError))
+
+
+def user_message(e: BaseException, args: argparse.Namespace) -> Optional[str]:
+    """The one line for an error the user can fix; None for a bug, which keeps its traceback."""
+    if isinstance(e, FocalNetError):  # the project's own errors carry a message for a person
+        return str(e)
+    if isinstance(e, FileExistsError):
+        text = str(e)
+        return text + ("; pass --force to overwrite" if hasattr(args, "force") and "--force" not in text else "")
+    if isinstance(e, ModuleNotFoundError) and e.name and e.name.split(".")[0] != "focalnet":
+        group = getattr(getattr(args, "func", None), "__module__", "").rpartition(".")[2]
+        return f"{e}; {install_hint(e.name, COMMAND_EXTRAS.get(group))}"  # our own module missing is a bug
+    if _is_out_of_memory(e):
+        return f"out of memory ({type(e).__name__}); use smaller images (--img-size) or a smaller batch"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except FocalNetError as e:
-        # the project's own errors carry a message for a person; any other exception is a bug and keeps
-        # its traceback
-        if args.verbose:
-            raise
-        print(f"focalnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"focalnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = user_message(e, args)
+        if message is None or args.verbose:  # -v: every error with its traceback
+            raise
+        print(f"focalnet {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import UserError
-from .common import build_from_args, parse_hw, add_model_args, user_errors
+from ..safeio import printable
+from .common import build_from_args, parse_hw, add_model_args
 
 log = logging.getLogger("focalnet")
 
@@ -56,7 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-@user_errors
 def cmd_visualize(args: argparse.Namespace) -> int:
     from ..inspect import resolve_blocks, write_pictures
 
@@ -83,14 +83,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
-
-
-def _g(n: float) -> str:
-    return f"{n / 1e9:.3f} G"
-
-
 def _meta_model(name: str, num_classes: Optional[int]):
     import torch
 
@@ -115,7 +107,6 @@ def _meta_model(name: str, num_classes: Optional[int]):
     raise UserError(f"unknown model {name!r}")
 
 
-@user_errors
 def cmd_profile(args: argparse.Namespace) -> int:
     if args.sweep:
         return _profile_sweep(args)
@@ -123,55 +114,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return _profile_all(args)
     if not args.name:
         raise UserError("name a model (`focalnet list` shows them), or pass --all or --sweep")
-    from ..inspect.complexity import profile_model
-    from ..registry import get_spec, list_models
+    from ..inspect.complexity import profile_lines, profile_model, published_figures
 
     h, w = parse_hw(args.img_size)
     model, label = _meta_model(args.name, args.num_classes)
     prof = profile_model(model, (h, w), batch_size=args.batch_size)
     prof["variant"] = label
-    pub = get_spec(label).published if label in list_models() else None
-    if pub is not None:
-        prof["published"] = dict(params_m=pub.params_m, gmacs=pub.gmacs, top1=pub.top1, img_size=pub.img_size)
+    if published_figures(label) is not None:
+        prof["published"] = published_figures(label)
     if args.json:
         print(json.dumps(prof, indent=2))
         return 0
-    print(f"{label} at {h}x{w} px, batch {args.batch_size}, {model.arch.get('num_classes')}-class head")
-    pub_p = f"   (published {pub.params_m:g} M)" if pub and pub.params_m else ""
-    print(f"  parameters       {prof['params']:,} ({prof['params'] / 1e6:.2f} M){pub_p}")
-    pub_g = f"   (published {pub.gmacs:g} G at 224 px)" if pub and pub.gmacs else ""
-    print(f"  MACs measured    {_g(prof['macs_measured'])}  FlopCounterMode: convolutions and matmuls{pub_g}")
-    print(f"  MACs by formula  {_g(prof['macs_formula'])}  paper's block term + proj + MLP + stem/downsampling/head"
-          f" = measured + {_g(prof['macs_elementwise'])} element-wise (gated sum, q*M)")
-    print(f"  activations      {_mib(prof['saved_bytes'])} saved for backward (training-mode forward), "
-          f"{_mib(prof['peak_live_bytes'])} peak live (inference forward); ATen-level tensors, parameters excluded")
-    print()
-    print(f"  {'stage':<6}{'map':>9}{'C':>6}{'L':>3}  {'kernels':<10}{'blocks':>6}{'mod/blk':>11}{'proj/blk':>11}"
-          f"{'MLP/blk':>11}{'stage total':>13}{'measured':>12}")
-    for s in prof["stages"]:
-        print(f"  {s['stage']:<6}{s['height']:>4}x{s['width']:<4}{s['dim']:>6}{s['focal_level']:>3}  "
-              f"{','.join(map(str, s['kernel_sizes'])):<10}{s['depth']:>6}{_g(s['modulation']):>11}{_g(s['proj']):>11}"
-              f"{_g(s['mlp']):>11}{_g(s['total']):>13}{_g(s['measured']):>12}")
-    print(f"  {'head':<6}{'':>9}{'':>6}{'':>3}  {'':<10}{'':>6}{'':>11}{'':>11}{'':>11}{_g(prof['head_macs']):>13}")
-    print("  (mod/blk: HW(3C^2 + C(2L+3) + C sum k^2); stage total includes the stem or downsampling conv;")
-    print("   measured = FlopCounterMode, which does not see the element-wise HW C(L+2) per block)")
-    print()
-    print("  receptive field of each focal level")
-    print(f"  {'stage':<6}{'level':>6}{'kernel':>8}{'map px':>8}{'input px':>10}{'theoretical px':>16}")
-    for r in prof["receptive_fields"]:
-        k = "-" if r["kernel"] is None else r["kernel"]
-        print(f"  {r['stage']:<6}{r['level']:>6}{k:>8}{r['rf_map_px']:>8}{r['span_px']:>10}{r['theoretical_px']:>16}")
-    print("  (map px: r_l = 1 + sum (k_i - 1); input px: r_l x stride; theoretical: through the stem, earlier")
-    print("   blocks and downsampling, in the stage's last block; the last level is the global context)")
+    print("\n".join(profile_lines(prof, num_classes=model.arch.get("num_classes"))))
     return 0
 
 
-def _num(v) -> str:
-    return "-" if v is None else f"{v:g}"
-
-
 def _profile_all(args: argparse.Namespace) -> int:
-    from ..inspect.complexity import published_table
+    from ..inspect.complexity import published_lines, published_table
 
     h, w = parse_hw(args.img_size)
     if h != w:
@@ -182,13 +141,7 @@ def _profile_all(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"every variant at {h} px with a 1000-class head (as the paper counts); measured on the meta device")
-    print(f"{'model':<22}{'params M':>10}{'published':>11}{'GMACs':>9}{'formula':>9}{'published':>11}{'top-1':>7}{'weights px':>12}")
-    for r in rows:
-        print(f"{r['name']:<22}{r['params_m']:>10.2f}{_num(r['params_m_published']):>11}{r['gmacs']:>9.2f}"
-              f"{r['gmacs_formula']:>9.2f}{_num(r['gmacs_published']):>11}{_num(r['top1_published']):>7}{r['weights_img_size']:>12}")
-    print("(GMACs: FlopCounterMode; formula: the paper's per-block term + proj + MLP + stem/downsampling/head,")
-    print(" which also counts the element-wise gated sum; published: the paper's table, multiply-adds)")
+    print("\n".join(published_lines(rows, h)))
     return 0
 
 
@@ -219,7 +172,6 @@ def _profile_sweep(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@user_errors
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..inspect.predict import class_names_for, predict, preprocessing_for
     from ..registry import describe_arch
@@ -242,5 +194,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(r.image)
         for t in r.top:
             note = f"  [{t['note']}]" if "note" in t else ""
-            print(f"  {t['rank']:>2}. {100 * t['probability']:6.2f}%  {t['label']} ({t['index']}){note}")
+            print(f"  {t['rank']:>2}. {100 * t['probability']:6.2f}%  {printable(t['label'])} ({t['index']}){note}")
     return 0

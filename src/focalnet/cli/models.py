@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from . import UserError
+from ..safeio import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,7 +102,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"in_chans     {ckpt.in_chans}")
     print(f"parameters   {ckpt.num_params:,} ({ckpt.num_params / 1e6:.2f} M)")
     if ckpt.class_names:
-        print(f"class names  {', '.join(map(str, info['class_names']))}")
+        print(f"class names  {', '.join(map(printable, info['class_names']))}")  # text from a file: escaped
     return 0
 
 
@@ -117,7 +119,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         check_output(out, kind="folder" if folder else "file", overwrite=args.force)
     except FileExistsError:
         raise UserError(f"{out} exists; pass --force to overwrite it") from None
-    if out.resolve() == Path(args.input).resolve():
+    if os.path.realpath(out) == os.path.realpath(args.input):  # realpath: a symlink loop is not an error here
         raise UserError("the output would overwrite the input; choose another output path")
     ckpt = read_checkpoint(args.input)
     if args.model:

@@ -1,5 +1,5 @@
-"""`focalnet train`, `focalnet eval` and `focalnet report`: thin over focalnet.train's train,
-evaluate_checkpoint and write_run_report.
+"""`focalnet train`, `focalnet eval` and `focalnet report`: thin over focalnet.train's train and
+evaluate_checkpoint, and focalnet.inspect's write_run_report (the report observes a finished run).
 
 Every field of TrainConfig is a flag (underscores become dashes) and a key of the YAML file given with
 -c/--config; flags win over the file, the file over the defaults. The same command runs under
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import typing
 from typing import Any
 
 from . import HelpFormatter, UserError
+from ..safeio import printable
 
 
 def _parse_kv(items: list[str]) -> dict:
@@ -34,6 +36,31 @@ def _parse_kv(items: list[str]) -> dict:
 def _base_type(tp: Any) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return args[0] if args else tp
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision fp32|bf16|fp16, and the old --amp none|bf16|fp16 still read (with a note: _precision_given)."""
+    from ..precision import PRECISIONS
+
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="fp32 (the default), bf16 (autocast; CPU and GPU) or fp16 (autocast with a GradScaler; GPU)")
+    p.add_argument("--amp", default=None, help=argparse.SUPPRESS)  # the old spelling
+
+
+def _precision_given(args: argparse.Namespace) -> Any:
+    """The precision the command line asks for: --precision, else the old --amp (said in a note), else None."""
+    from ..precision import precision_name
+
+    if args.amp is None:
+        return args.precision
+    try:
+        name = precision_name(args.amp)
+    except ValueError as e:
+        raise UserError(f"--amp: {e}") from None
+    if args.precision is not None and args.precision != name:
+        raise UserError(f"--amp {args.amp} and --precision {args.precision} disagree: give only --precision")
+    print(f"note: --amp {args.amp} is now spelled --precision {name}", file=sys.stderr)
+    return name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,10 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         if default not in (None, {}, []) and not f.metadata.get("recipe"):
             help_ += f" (default: {default})"
         tp = _base_type(types[f.name])
-        if tp is bool:
+        if f.name == "precision":
+            _add_precision(p)
+        elif tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.name == "arch":
             p.add_argument(flag, nargs="*", default=None, metavar="KEY=VALUE", help=help_)
+        elif tp is list:  # a recipe's tuple (betas): numbers
+            p.add_argument(flag, nargs="+", type=float, default=None, help=help_)
         else:
             p.add_argument(flag, type=tp if tp in (int, float) else str, default=None, help=help_)
     p.set_defaults(func=cmd_train)
@@ -80,12 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", default=None, help="resize interpolation (default bicubic)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    _add_precision(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted) instead of stopping")
     p.add_argument("--output", default=None, help="folder for eval.json, confusion.png and confusion.csv")
+    p.add_argument("--force", action="store_true", help="replace the eval.json of an earlier evaluation in --output")
     p.add_argument("--progress", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
@@ -103,11 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """TrainConfig from defaults < YAML file < flags given on the command line."""
+    from ..precision import precision_name
     from ..train import TrainConfig, TrainingError, load_yaml_config
 
     values: dict = {}
     if args.config:
         values.update({k.replace("-", "_"): v for k, v in load_yaml_config(args.config).items()})
+        if "amp" in values:
+            print(f"note: the key amp: {values['amp']} of {args.config} is now spelled precision: "
+                  f"{precision_name(values['amp'])}", file=sys.stderr)
+    args.precision = _precision_given(args)
     for f in TrainConfig.fields():
         given = getattr(args, f.name, None)
         if given is None:
@@ -138,8 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_checkpoint(
         args.checkpoint, args.data, model_name=args.model, data_dir=args.data_dir, img_size=args.img_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, batch_size=args.batch_size, workers=args.workers,
-        amp=args.amp, device=args.device, use_ema=args.ema, limit=args.limit, skip_bad_images=args.skip_bad_images,
-        output=args.output, progress=args.progress,
+        amp=_precision_given(args) or "fp32", device=args.device, use_ema=args.ema, limit=args.limit, skip_bad_images=args.skip_bad_images,
+        output=args.output, progress=args.progress, overwrite=args.force,
     )
     if args.json:
         print(json.dumps(r, indent=2))
@@ -151,14 +188,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if r.get("bad_images"):
         print(f"{r['bad_images']} unreadable images skipped")
     if len(r["class_names"]) <= 100:
-        print(per_class_table(r["class_names"], r["per_class"], r["confusion"]))
+        print(per_class_table([printable(n) for n in r["class_names"]], r["per_class"], r["confusion"]))
     if args.output:
         print(f"wrote {args.output}/eval.json, confusion.png, confusion.csv")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..train import RunReportError, write_run_report
+    from ..inspect import RunReportError, write_run_report
 
     if args.pictures < 0:
         raise UserError(f"--pictures must be 0 or more, got {args.pictures}")

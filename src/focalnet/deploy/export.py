@@ -21,16 +21,18 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from ..errors import FocalNetError
-from ..utils import check_output, output_error
+from ..images import check_image_side
+from ..utils import check_output, output_error, output_lock
 
-__all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "ExportError", "DEFAULT_VERIFY_SIZES"]
+__all__ = ["check_opset", "export_model", "export_onnx", "export_torchscript", "verify_export", "ExportError", "DEFAULT_VERIFY_SIZES"]
 
 log = logging.getLogger("focalnet")
 PathLike = Union[str, os.PathLike]
@@ -58,14 +60,27 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
         check_output(p, kind="file", overwrite=overwrite)
 
 
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> list[Path]:
-    """Rename every file of tmp_dir into out_dir (same file system: each rename is atomic)."""
-    moved = []
-    for f in sorted(tmp_dir.iterdir()):
-        dst = out_dir / f.name
-        os.replace(f, dst)
-        moved.append(dst)
-    return moved
+@contextmanager
+def _checked_output(path: Path, check: Optional[Callable[[Path], object]]) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to export into (as `path.name`, with any external-data file
+    beside it); then run `check` on the exported file there, and only if it passes rename every file into
+    place. A failed export or check leaves the old output untouched (`--force` never loses a good file to a bad
+    one); the output's lock is held throughout, so a second export to it is refused (`focalnet.utils`)."""
+    with output_lock(path):
+        tmp_dir = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            yield tmp_dir
+            if check is not None:
+                check(tmp_dir / path.name)
+            for f in sorted(tmp_dir.iterdir()):  # same file system: each rename is atomic
+                os.replace(f, path.parent / f.name)
+        except OSError as e:  # read-only folder, full disk, permission: one line naming the output
+            raise output_error(path, e) from None
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _onnx_dynamo(model: nn.Module, x: torch.Tensor, path: Path, *, dynamic: bool, output_name: str,
@@ -107,44 +122,41 @@ def export_onnx(
     exporter: str = "dynamo",
     opset: Optional[int] = None,
     overwrite: bool = False,
+    check: Optional[Callable[[Path], object]] = None,
 ) -> Path:
     """Write `model` (in eval mode) as ONNX: input `image` (B, C, H, W), output `logits` (B, classes), or
     `features` for a model without classifier. With `dynamic`, batch, height and width are free.
 
     The file is written in a temporary folder beside `path` and renamed into place (with its external-data
-    file, if the model is over 2 GB), so an interrupted export leaves no half-written file."""
+    file, if the model is over 2 GB), so an interrupted export leaves no half-written file. `check` (e.g. a
+    `verify_export` of the new file) runs on the exported file before it replaces anything: when it raises,
+    an existing output is kept as it was."""
     if exporter not in ("dynamo", "torchscript"):
         raise ExportError(f"unknown ONNX exporter {exporter!r}; choose 'dynamo' or 'torchscript'")
+    check_opset(opset, exporter)
     path = Path(path)
     _refuse_existing([path, path.with_name(path.name + ".data")], overwrite)
     was_training = model.training
     model.eval()
     # batch 2: torch.export specialises a dimension whose example size is 1
     x = _example(model, img_size, 2 if dynamic else 1)
-    tmp_dir = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        write = _onnx_dynamo if exporter == "dynamo" else _onnx_torchscript
-        with torch.no_grad():
-            write(model, x, tmp_dir / path.name, dynamic=dynamic, output_name=_output_name(model), opset=opset)
-        _move_into_place(tmp_dir, path.parent)
-    except OSError as e:  # read-only folder, full disk, permission: one line naming the output
-        raise output_error(path, e) from None
+        with _checked_output(path, check) as tmp_dir:
+            write = _onnx_dynamo if exporter == "dynamo" else _onnx_torchscript
+            with torch.no_grad():
+                write(model, x, tmp_dir / path.name, dynamic=dynamic, output_name=_output_name(model), opset=opset)
     finally:
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
         model.train(was_training)
     return path
 
 
 def export_torchscript(
-    model: nn.Module, path: PathLike, *, img_size: Sequence[int] = (224, 224), overwrite: bool = False
+    model: nn.Module, path: PathLike, *, img_size: Sequence[int] = (224, 224), overwrite: bool = False,
+    check: Optional[Callable[[Path], object]] = None,
 ) -> Path:
     """Trace `model` (eval mode) and save it with torch.jit.save. The trace records the padding arithmetic
-    on the input's shape, so the saved module runs at any batch size, height and width."""
-    from ..utils import atomic_write
-
+    on the input's shape, so the saved module runs at any batch size, height and width. `check` as in
+    `export_onnx`: run on the new file before it replaces anything."""
     path = Path(path)
     _refuse_existing([path], overwrite)
     was_training = model.training
@@ -153,9 +165,9 @@ def export_torchscript(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic: recorded, see pad_to_multiple
             traced = torch.jit.trace(model, (_example(model, img_size, 2),), check_trace=False)
-        with atomic_write(path) as f, warnings.catch_warnings():
+        with _checked_output(path, check) as tmp_dir, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream: see docs/inspect.md
-            torch.jit.save(traced, f)
+            torch.jit.save(traced, str(tmp_dir / path.name))
     finally:
         model.train(was_training)
     return path
@@ -171,15 +183,39 @@ def export_model(
     exporter: str = "dynamo",
     opset: Optional[int] = None,
     overwrite: bool = False,
+    check: Optional[Callable[[Path], object]] = None,
 ) -> Path:
     """`export_onnx` or `export_torchscript` by `fmt`. `dynamic`, `exporter` and `opset` are ONNX's: a trace of
-    this model runs at any size anyway."""
+    this model runs at any size anyway. `check` runs on the new file before it replaces anything."""
+    for side in img_size if isinstance(img_size, (list, tuple)) else (img_size,):
+        check_image_side(side, "the export's example size (--img-size)")
     if fmt == "onnx":
         return export_onnx(model, path, img_size=img_size, dynamic=dynamic, exporter=exporter, opset=opset,
-                           overwrite=overwrite)
+                           overwrite=overwrite, check=check)
     if fmt == "torchscript":
-        return export_torchscript(model, path, img_size=img_size, overwrite=overwrite)
+        return export_torchscript(model, path, img_size=img_size, overwrite=overwrite, check=check)
     raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+# the ONNX opsets each exporter writes, from this PyTorch's own table: the legacy exporter from
+# ONNX_MIN_OPSET to its own maximum, the dynamo one from 18 (below that it converts down, and often fails)
+def _opsets(exporter: str) -> range:
+    from torch.onnx import _constants as onnx_constants
+
+    if exporter == "torchscript":
+        top = getattr(onnx_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", onnx_constants.ONNX_MAX_OPSET)
+        return range(onnx_constants.ONNX_MIN_OPSET, top + 1)
+    return range(18, onnx_constants.ONNX_MAX_OPSET + 1)
+
+
+def check_opset(opset: Optional[int], exporter: str = "dynamo") -> None:
+    """An ExportError unless `opset` is None (the exporter's default) or an opset `exporter` writes."""
+    if opset is None:
+        return
+    allowed = _opsets(exporter)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in allowed:
+        raise ExportError(f"--opset {opset!r} is not an ONNX opset the {exporter} exporter writes: choose "
+                          f"{allowed.start} to {allowed.stop - 1}, or leave it out for the exporter's default")
 
 
 def _runner(path: Path, fmt: str):
@@ -187,7 +223,8 @@ def _runner(path: Path, fmt: str):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError("checking an ONNX export needs onnxruntime: pip install onnxruntime") from None
+            # the CLI names the extra that provides it (focalnet.cli.install_hint)
+            raise ModuleNotFoundError("checking an ONNX export needs onnxruntime", name="onnxruntime") from None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -18,8 +18,9 @@ Derived from the model rather than written beside it:
   runs oneDNN's fused kernels and writes residual sums in place; `PlainKernels` runs ordinary PyTorch ops out
   of place. A new block flag is one edit in `fold_block` or `FusedBlock.forward`, whichever kernels run.
 
-When oneDNN's kernels run (`OneDNNKernels`): float32 on a CPU, no autograd, not under autocast or a tracer
-(jit, ONNX, torch.export, torch.compile), and only where this torch build has them (`ONEDNN_FUSED_KERNELS`):
+When oneDNN's kernels run (`OneDNNKernels`): float32 (or bf16, below) on a CPU, no autograd, not under autocast
+or a tracer (jit, ONNX, torch.export, torch.compile), and only where this torch build has them
+(`ONEDNN_FUSED_KERNELS`):
 - f is computed as two 1x1 convolutions, context (C channels) and query + gates (C + L + 1), so that the
   depthwise convolutions get a dense channels-last input instead of a strided slice that would be copied;
 - each focal level is one oneDNN depthwise convolution with GELU applied in its epilogue, and MLP fc1 likewise;
@@ -37,19 +38,30 @@ tests/test_speed.py counts the oneDNN kernels that run (and that none run on the
 Observation: a fused model has no `modulation.f`, `focal_layers`, `global_act` or `h` submodules, so no hook
 can be placed on them; record on the unfused model (the recorder in `focalnet.inspect` refuses a fused model).
 The state dict of a fused model is not a checkpoint: save the original model instead.
+
+bf16 (`fuse_for_inference(model, dtype=torch.bfloat16)`, or dtype="bf16"): the same folded weights (folded in
+float64 from the float32 model, then rounded once) and the whole network stored and computed in bf16, by the
+same oneDNN kernels, on a CPU that computes bf16 natively (AVX-512 BF16 or AMX, probed at run time by
+`native_bf16`); inputs are cast to bf16 and outputs back to the caller's dtype. Elsewhere oneDNN would emulate
+bf16 at about a quarter of float32's speed (docs/speed.md), so `fuse_for_inference` refuses with
+`NativePrecisionError` rather than build a slow model. LayerNorm's statistics and the global context's mean
+are accumulated in float32 by PyTorch's bf16 kernels; the residual stream is held in bf16.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers import LayerNorm2d, LayerScale2d, _exporting
+from ..layers import _exporting
 from ..models import FocalNet, FocalNetBlock, FocalNetIsotropic, _FocalNetBase
+from ..precision import NativePrecisionError, native_bf16, parse_precision
+from .folding import _layer_norm, fold_block
+from .kernels import FUSED_DTYPES, ONEDNN_FUSED_KERNELS, ONEDNN_PREPACK, OneDNNKernels, PlainKernels
 
 __all__ = [
     "fuse_for_inference",
@@ -60,6 +72,9 @@ __all__ = [
     "PlainKernels",
     "OneDNNKernels",
     "is_fused",
+    "native_bf16",
+    "NativePrecisionError",
+    "FUSED_DTYPES",
     "DEFAULT_TILE_ROWS",
     "ONEDNN_FUSED_KERNELS",
     "ONEDNN_PREPACK",
@@ -72,68 +87,10 @@ __all__ = [
 # tried", step 5; no script for that sweep is kept.
 DEFAULT_TILE_ROWS = 8192
 
-# oneDNN's fused convolution + pointwise kernels (what inductor lowers conv + GELU / + add to on CPU)
-ONEDNN_FUSED_KERNELS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-# oneDNN's weight reorder into its computing layout, done once (what inductor's freezing does for its kernels)
-ONEDNN_PREPACK = ONEDNN_FUSED_KERNELS and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-
 
 def is_fused(model: nn.Module) -> bool:
     """True for a module made by `fuse_for_inference` (it has no hook points of the focal modulation)."""
     return isinstance(model, FusedFocalNet)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the fused ops, and two kernel sets that run them
-# ----------------------------------------------------------------------------------------------------------
-class PlainKernels:
-    """The fused ops as ordinary PyTorch ops, out of place: differentiable, traceable, any device and dtype."""
-
-    @staticmethod
-    def conv(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
-        return F.conv2d(x, w, b, 1, padding, 1, groups)
-
-    @staticmethod
-    def conv_gelu(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
-        return F.gelu(F.conv2d(x, w, b, 1, padding, 1, groups))
-
-    @staticmethod
-    def add(x: Tensor, y: Tensor) -> Tensor:
-        """x + y, where x is the residual stream."""
-        return x + y
-
-    @staticmethod
-    def add_conv(x: Tensor, branch: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        """x + conv1x1(branch), where x is the residual stream."""
-        return x + F.conv2d(branch, w, b)
-
-
-class OneDNNKernels(PlainKernels):
-    """The same ops as oneDNN kernels: GELU in the convolution's epilogue, and residual sums written into the
-    residual stream in place (conv + add in one kernel, a `sum` post-op). CPU, float32, no autograd only; the
-    in-place sums are safe because `FusedBlocks` passes only maps the fused model allocated itself."""
-
-    @staticmethod
-    def conv(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(x, w, b, [padding] * 2, [1, 1], [1, 1], groups, "none", [], "")
-
-    @staticmethod
-    def conv_gelu(x: Tensor, w: Tensor, b: Optional[Tensor], padding: int = 0, groups: int = 1) -> Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, w, b, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [], "none"
-        )
-
-    @staticmethod
-    def add(x: Tensor, y: Tensor) -> Tensor:
-        return x.add_(y)
-
-    @staticmethod
-    def add_conv(x: Tensor, branch: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        # x += conv(branch) + b
-        torch.ops.mkldnn._convolution_pointwise_.binary(
-            x, branch, w, b, [0, 0], [1, 1], [1, 1], 1, "add", None, None, [], None
-        )
-        return x
 
 
 def _plain_ops_only(x: Tensor) -> bool:
@@ -142,88 +99,11 @@ def _plain_ops_only(x: Tensor) -> bool:
     # tracers first: they must not reach the checks below, which dynamo cannot trace
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or _exporting():
         return True
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not ONEDNN_FUSED_KERNELS:
+    if x.device.type != "cpu" or x.dtype not in FUSED_DTYPES or not ONEDNN_FUSED_KERNELS:
         return True
     if torch.is_grad_enabled() and x.requires_grad:
         return True
     return torch.is_autocast_enabled("cpu")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# folding: a block's inference constants moved into its weights (data, not code)
-# ----------------------------------------------------------------------------------------------------------
-Affine = tuple[Tensor, Tensor]  # (weight, bias) in float64: of a conv, or of a LayerNorm
-
-
-def _affine(module: nn.Module) -> Affine:
-    """(weight, bias) of a conv or LayerNorm in float64; a missing bias is zeros."""
-    w = module.weight.detach().double()
-    b = module.bias.detach().double() if module.bias is not None else w.new_zeros(w.shape[0])
-    return w, b
-
-
-def _scaled(wb: Affine, gamma: Optional[Tensor]) -> Affine:
-    """gamma * f(x) for f = (w, b), per output channel: the rows of a conv, the entries of a LayerNorm."""
-    if gamma is None:
-        return wb
-    w, b = wb
-    return w * gamma.view(-1, *[1] * (w.ndim - 1)), b * gamma
-
-
-def _after_norm_affine(conv: Affine, norm: Affine) -> Affine:
-    """conv1x1(norm_w * x + norm_b) as one conv on x: (W diag norm_w) x + (W norm_b + b)."""
-    (w, b), (nw, nb) = conv, norm
-    return w * nw.view(1, -1, 1, 1), b + w[:, :, 0, 0] @ nb
-
-
-def _gamma(ls: nn.Module) -> Optional[Tensor]:
-    return ls.gamma.detach().double() if isinstance(ls, LayerScale2d) else None
-
-
-def fold_block(block: FocalNetBlock) -> dict[str, Optional[Tensor]]:
-    """The weights `FusedBlock` runs, with `block`'s inference constants folded in (module docstring), in the
-    block's dtype: ctx_w/_b and qg_w/_b (f split into context and query + gates), focal_w0.., h_w/_b, proj_w/_b,
-    fc1_w/_b, fc2_w/_b, and norm1_w/_b, norm2_w/_b: the post-norm LayerNorms' affine (None for pre-norm,
-    whose LayerNorms keep no affine)."""
-    mod = block.modulation
-    C, L = mod.dim, mod.focal_level
-    f, h, proj = _affine(mod.f), _affine(mod.h), _affine(mod.proj)
-    fc1, fc2 = _affine(block.mlp.fc1), _affine(block.mlp.fc2)
-    g1, g2 = _gamma(block.ls1), _gamma(block.ls2)
-    if block.use_post_norm:
-        # x + gamma * LN(branch(x)): gamma scales the LayerNorm's affine
-        norm1, norm2 = _scaled(_affine(block.norm1), g1), _scaled(_affine(block.norm2), g2)
-    else:
-        # x + gamma * branch(LN(x)): the LayerNorm's affine moves into the conv after it, gamma into the last one
-        f, fc1 = _after_norm_affine(f, _affine(block.norm1)), _after_norm_affine(fc1, _affine(block.norm2))
-        proj, fc2 = _scaled(proj, g1), _scaled(fc2, g2)
-        norm1 = norm2 = (None, None)
-    if mod.normalize_modulator:  # h(agg / (L + 1)): the weight takes the division, the bias does not
-        h = (h[0] / (L + 1), h[1])
-    weights = dict(
-        ctx_w=f[0][C : 2 * C], ctx_b=f[1][C : 2 * C],
-        qg_w=torch.cat([f[0][:C], f[0][2 * C :]]), qg_b=torch.cat([f[1][:C], f[1][2 * C :]]),
-        h_w=h[0], h_b=h[1], proj_w=proj[0], proj_b=proj[1], fc1_w=fc1[0], fc1_b=fc1[1], fc2_w=fc2[0], fc2_b=fc2[1],
-        norm1_w=norm1[0], norm1_b=norm1[1], norm2_w=norm2[0], norm2_b=norm2[1],
-    )
-    weights.update({f"focal_w{level}": layer[0].weight.detach() for level, layer in enumerate(mod.focal_layers)})
-    dtype = mod.proj.weight.dtype
-    return {k: None if t is None else _own_copy(t, dtype) for k, t in weights.items()}
-
-
-def _own_copy(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """A new tensor (never the model's storage) in `dtype`; 4-D weights in the channels-last layout of the maps."""
-    layout = torch.channels_last if t.ndim == 4 else torch.contiguous_format
-    return t.to(dtype=dtype, memory_format=layout, copy=True)
-
-
-def _layer_norm(dim: int, eps: float, weight: Optional[Tensor], bias: Optional[Tensor]) -> LayerNorm2d:
-    """A LayerNorm2d holding the given affine, or none (a pre-norm LayerNorm whose affine was folded away)."""
-    if weight is None:
-        return LayerNorm2d(dim, eps=eps, elementwise_affine=False)
-    norm = LayerNorm2d(dim, eps=eps, device=weight.device, dtype=weight.dtype)
-    norm.weight, norm.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
-    return norm
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,14 +119,15 @@ class FusedBlock(nn.Module):
 
     fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
 
-    def __init__(self, block: FocalNetBlock, pack_hint: Optional[tuple[int, int]] = None) -> None:
+    def __init__(self, block: FocalNetBlock, pack_hint: Optional[tuple[int, int]] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         mod = block.modulation
         self.dim = mod.dim
         self.focal_level = mod.focal_level
         self.kernel_sizes = list(mod.kernel_sizes)
         self.post_norm = block.use_post_norm
-        weights = fold_block(block)
+        weights = fold_block(block, dtype)
         self.norm1 = _layer_norm(self.dim, block.norm1.eps, weights.pop("norm1_w"), weights.pop("norm1_b"))
         self.norm2 = _layer_norm(self.dim, block.norm2.eps, weights.pop("norm2_w"), weights.pop("norm2_b"))
         self.mod_norm = copy.deepcopy(mod.norm)  # LayerNorm2d (use_post_norm_in_modulation) or Identity
@@ -259,15 +140,15 @@ class FusedBlock(nn.Module):
 
     def pack(self, hw: tuple[int, int]) -> None:
         """Reorder each convolution weight once into oneDNN's computing layout for maps of about `hw` pixels
-        (the layout oneDNN picks may depend on the size; any size computes correctly with it). Float32 CPU
-        weights only; the buffers stay as they are, and each packed copy is used only while its buffer is
+        (the layout oneDNN picks may depend on the size; any size computes correctly with it). CPU weights in
+        FUSED_DTYPES only; the buffers stay as they are, and each packed copy is used only while its buffer is
         unchanged (same storage, same version), so a later load_state_dict is never shadowed."""
         self._packed = {}
         if not ONEDNN_PREPACK:
             return
         with torch.no_grad():
             for name, w in self.named_buffers(recurse=False):
-                if w.ndim != 4 or w.dtype != torch.float32 or w.device.type != "cpu":
+                if w.ndim != 4 or w.dtype not in FUSED_DTYPES or w.device.type != "cpu":
                     continue
                 groups = self.dim if name.startswith("focal_w") else 1
                 pad = w.shape[-1] // 2
@@ -345,9 +226,9 @@ class FusedBlocks(nn.Module):
     fused = True  # what focalnet.inspect's recorder looks for, to refuse observing a fused block
 
     def __init__(self, blocks: Iterable[FocalNetBlock], tile_rows: Optional[int],
-                 pack_hint: Optional[tuple[int, int]] = None) -> None:
+                 pack_hint: Optional[tuple[int, int]] = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(FusedBlock(b, pack_hint) for b in blocks)
+        self.blocks = nn.ModuleList(FusedBlock(b, pack_hint, dtype) for b in blocks)
         self.tile_rows = tile_rows
 
     def forward(self, x: Tensor) -> Tensor:
@@ -375,13 +256,19 @@ def _pack_hints(model: _FocalNetBase) -> list[tuple[int, int]]:
     return [(max(1, side // r),) * 2 for r in reductions]
 
 
-def _with_fused_blocks(model: _FocalNetBase, tile_rows: Optional[int], prepack: bool) -> _FocalNetBase:
-    """A deep copy of `model` whose block lists are replaced by fused ones; the unfused blocks are not copied."""
+def _with_fused_blocks(model: _FocalNetBase, tile_rows: Optional[int], prepack: bool,
+                       dtype: torch.dtype = torch.float32) -> _FocalNetBase:
+    """A deep copy of `model` in `dtype` whose block lists are replaced by fused ones; the unfused blocks are not
+    copied."""
     owners = list(model.stages) if isinstance(model, FocalNet) else [model]
     hints = _pack_hints(model) if prepack else [None] * len(owners)
     # deepcopy puts what `memo` maps an object's id to in place of a copy of that object
-    memo = {id(o.blocks): nn.ModuleList([FusedBlocks(o.blocks, tile_rows, hint)]) for o, hint in zip(owners, hints)}
+    memo = {id(o.blocks): nn.ModuleList([FusedBlocks(o.blocks, tile_rows, hint, dtype)])
+            for o, hint in zip(owners, hints)}
     fused = copy.deepcopy(model, memo)
+    if dtype != torch.float32:
+        # the stem, downsampling, final norm and head; the fused blocks are in `dtype` already (and packed so)
+        fused.to(dtype)
     fused.set_grad_checkpointing(False)  # nothing to recompute: a fused model has no backward of its own
     fused.set_activation_recompute(False)
     return fused
@@ -392,19 +279,21 @@ class FusedFocalNet(nn.Module):
 
     Same forward API as the model it came from for inference: `forward`, `forward_features`,
     `forward_head(x, pre_logits=False)`, run by the model's own code on `self.model`, a copy of the model whose
-    blocks are fused; no training switches, no intermediates, no hook points in the blocks.
+    blocks are fused; no training switches, no intermediates, no hook points in the blocks. `dtype` is what it
+    computes in: each call casts its input to it and its result back to the input's dtype.
     """
 
-    def __init__(self, model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True
-                 ) -> None:
+    def __init__(self, model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if not isinstance(model, (FocalNet, FocalNetIsotropic)):
             raise TypeError(f"fuse_for_inference expects a FocalNet or FocalNetIsotropic, got {type(model).__name__}")
         if tile_rows is not None and tile_rows < 1:
             raise ValueError(f"tile_rows must be a positive number of pixels (or None for no tiling), got {tile_rows}")
         self.tile_rows = tile_rows
+        self.dtype = dtype
         with torch.no_grad():
-            self.model = _with_fused_blocks(model, tile_rows, prepack)
+            self.model = _with_fused_blocks(model, tile_rows, prepack, dtype)
         self.in_chans = model.in_chans
         self.num_classes = model.num_classes
         self.num_features = model.num_features
@@ -422,22 +311,54 @@ class FusedFocalNet(nn.Module):
             )
         return super().train(False)
 
+    def _in_own_dtype(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """fn(x) computed in self.dtype, returned in x's dtype (a float32 caller gets float32 back)."""
+        if x.dtype == self.dtype:
+            return fn(x)
+        return fn(x.to(self.dtype)).to(x.dtype)
+
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.model.forward_features(x)
+        return self._in_own_dtype(self.model.forward_features, x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.model.forward_head(x, pre_logits=pre_logits)
+        return self._in_own_dtype(lambda t: self.model.forward_head(t, pre_logits=pre_logits), x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self._in_own_dtype(self.model, x)
 
 
-def fuse_for_inference(model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True
-                       ) -> FusedFocalNet:
+def _fused_dtype(dtype: Union[torch.dtype, str], device: torch.device) -> torch.dtype:
+    """The dtype a fused model computes in, from a dtype or a precision name ("bf16"); a reduced precision the
+    CPU would only emulate is refused (NativePrecisionError), never run slowly without a word."""
+    dtype = parse_precision(dtype) if isinstance(dtype, str) else dtype
+    if device.type != "cpu":
+        return dtype  # the plain path: what the accelerator computes is its own affair
+    if dtype not in FUSED_DTYPES:
+        raise NativePrecisionError(
+            f"a fused model on the CPU computes in float32 or bf16, not {dtype}: CPUs have no fast float16 kernels "
+            "in PyTorch; pass dtype=torch.bfloat16 (on a CPU with native bf16) or torch.float32"
+        )
+    if dtype == torch.bfloat16 and not native_bf16():
+        raise NativePrecisionError(
+            "this CPU does not compute bf16 natively (no AVX-512 BF16, no AMX): oneDNN would emulate it at about "
+            "a quarter of float32's speed. Use dtype=torch.float32 (the fused float32 path is this CPU's fastest), "
+            "or a CPU with avx512_bf16 or amx_bf16 (AMD Zen 4 and later, Intel Sapphire Rapids and later)"
+        )
+    return dtype
+
+
+def fuse_for_inference(model: _FocalNetBase, tile_rows: Optional[int] = DEFAULT_TILE_ROWS, prepack: bool = True,
+                       dtype: Union[torch.dtype, str, None] = None) -> FusedFocalNet:
     """A fused, inference-only copy of `model` (a FocalNet or FocalNetIsotropic); `model` is not changed.
 
     tile_rows: pixels per batch tile of a stage on the CPU fast path (None: the whole batch at once).
-    prepack: reorder the convolution weights once into oneDNN's layout (float32 CPU weights; False: on each call,
+    prepack: reorder the convolution weights once into oneDNN's layout (CPU weights; False: on each call,
     as plain PyTorch does). The layout is chosen for the model's own input size; other sizes compute the same.
+    dtype: what it computes in (default: the model's, float32 for a model as built): torch.float32, or
+    torch.bfloat16 ("bf16") on a CPU that computes bf16 natively (`native_bf16`; elsewhere NativePrecisionError
+    says what to do) or on an accelerator.
     """
-    return FusedFocalNet(model, tile_rows=tile_rows, prepack=prepack)
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = dtype or (param.dtype if param is not None else torch.float32)
+    return FusedFocalNet(model, tile_rows=tile_rows, prepack=prepack, dtype=_fused_dtype(dtype, device))

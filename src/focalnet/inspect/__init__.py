@@ -1,6 +1,8 @@
-"""Seeing what a model does: a hook-based recorder of focal modulation and the pictures made from it,
-measured complexity (`inspect.complexity`) and classification of images (`inspect.predict`; its
-preprocessing is exported here for the other packages).
+"""Seeing what a model does: a hook-based recorder of focal modulation and the pictures made from it
+(`recorder`, `pictures`, drawn by `canvas`), measured complexity against the paper's formula (`complexity`;
+the counter itself is `focalnet.flops`), activation memory and the guard before a forward (`memory`), the
+scaling sweep against Swin and ViT (`sweep`), a run's report (`report`) and classification of images
+(`predict`; how a model wants its input is `focalnet.preprocess`).
 
     from focalnet.inspect import ModulationRecorder, write_pictures
     with ModulationRecorder(model, blocks="last") as rec:
@@ -20,6 +22,7 @@ from .pictures import (
 )
 from .predict import preprocessing_for, to_tensor
 from .recorder import BlockRef, ModulationRecord, ModulationRecorder, RecorderError, record_modulation, resolve_blocks
+from .report import RunReportError, write_run_report
 
 __all__ = [
     "ModulationRecorder",
@@ -38,4 +41,6 @@ __all__ = [
     "Picture",
     "preprocessing_for",
     "to_tensor",
+    "write_run_report",
+    "RunReportError",
 ]

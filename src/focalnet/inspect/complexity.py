@@ -15,34 +15,32 @@ the MLP, 2 r C^2) and the stem, the downsampling layers and the classifier. The 
 differ by exactly the element-wise terms C(L + 2) per pixel and block, which no FLOP counter sees;
 `tests/test_profile.py` checks that identity at sizes that need padding.
 
-Activation memory is measured two ways, both at the ATen level (what PyTorch's dispatcher hands out), so
-neither includes the parameters, the allocator's rounding nor the scratch space inside oneDNN/cuDNN kernels:
-- `saved_bytes`: tensors autograd keeps for backward during a training-mode forward (saved_tensors_hooks,
-  each storage counted once, parameters excluded, the input included as the stem saves it); this is what batch size and image size cost in training.
-- `peak_live_bytes`: the largest total of tensor storages alive at once during an inference forward
-  (`torch.no_grad`), tracked op by op with weak references; the input, the parameters and views of them
-  are not counted.
-Both run on the meta device by default, so a 4096 x 4096 image costs no memory to measure.
+Activation memory (and the guard predict and pictures call before a forward) is `inspect.memory`; the
+scaling sweep against Swin and ViT is `inspect.sweep`; the one FLOP counter is `focalnet.flops`.
 """
 from __future__ import annotations
 
-import copy
 import math
-import os
 import re
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
-from ..errors import FocalNetError
+
+from ..flops import Size, count_macs, count_params, image_hw, run_counted
 from ..layers import focal_kernel_sizes
+# activation memory and the sweep were in this module: their names still import from here
+from .memory import (
+    ActivationMemory,
+    InputTooLargeError,
+    activation_memory,
+    available_memory,
+    check_memory,
+    meta_copy,
+    meta_from_arch,
+)
+from .sweep import DEFAULT_SWEEP_MODELS, SweepModel, scaling_sweep, sweep_model, write_sweep
 
 __all__ = [
     "count_params",
@@ -52,91 +50,35 @@ __all__ = [
     "FormulaCost",
     "StageCost",
     "receptive_fields",
-    "activation_memory",
-    "ActivationMemory",
-    "meta_copy",
-    "meta_from_arch",
-    "check_memory",
-    "InputTooLargeError",
     "profile_model",
     "published_table",
-    "scaling_sweep",
-    "SweepModel",
+    "published_figures",
+    "profile_lines",
+    "published_lines",
+    # from .memory and .sweep
+    "ActivationMemory",
+    "InputTooLargeError",
+    "activation_memory",
+    "available_memory",
+    "check_memory",
+    "meta_copy",
+    "meta_from_arch",
     "DEFAULT_SWEEP_MODELS",
+    "SweepModel",
+    "scaling_sweep",
+    "sweep_model",
     "write_sweep",
 ]
 
-Size = Union[int, Sequence[int]]
-
-
-def _hw(img_size: Size) -> tuple[int, int]:
-    if isinstance(img_size, int):
-        return img_size, img_size
-    h, w = (int(v) for v in img_size)
-    return h, w
-
-
-def _in_chans(model: nn.Module) -> int:
-    if hasattr(model, "in_chans"):
-        return int(model.in_chans)
-    cfg = getattr(model, "pretrained_cfg", None) or {}  # timm models
-    return int(cfg.get("input_size", (3,))[0])
-
 
 # ----------------------------------------------------------------------------------------------------------
-# Measured: parameters and multiply-adds
+# Measured: multiply-adds per module (the totals: focalnet.flops)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
-    # PyTorch registers FLOP formulas for the CUDA attention kernels only; the CPU flash kernel (what timm's
-    # ViT calls on CPU) would count as zero. Two matmuls: (B, h, N, d) x (B, h, d, M) and (B, h, N, M) x (B, h, M, d).
-    b, h, n, d = query_shape
-    m = key_shape[-2]
-    dv = value_shape[-1]
-    return 2 * b * h * n * m * d + 2 * b * h * n * m * dv
-
-
-def _flop_counter() -> FlopCounterMode:
-    custom = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        custom[op] = _sdpa_cpu_flops
-    return FlopCounterMode(display=False, custom_mapping=custom)
-
-
-def _run_counted(model: nn.Module, img_size: Size, batch_size: int, in_chans: Optional[int]) -> FlopCounterMode:
-    h, w = _hw(img_size)
-    param = next(model.parameters())
-    x = torch.zeros(batch_size, in_chans or _in_chans(model), h, w, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _flop_counter() as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return counter
-
-
-def count_macs(
-    model: nn.Module, img_size: Size = 224, batch_size: int = 1, in_chans: Optional[int] = None
-) -> int:
-    """Multiply-adds of one forward pass per image at `img_size` (an int or (H, W)).
-
-    Works for any nn.Module taking (B, C, H, W) (timm's Swin and ViT included: the CPU attention kernel is
-    counted too). `in_chans` defaults to `model.in_chans`, or timm's pretrained_cfg."""
-    counter = _run_counted(model, img_size, batch_size, in_chans)
-    return counter.get_total_flops() // (2 * batch_size)
 
 
 def measured_macs_by_module(model: nn.Module, img_size: Size = 224, depth: int = 2) -> dict[str, int]:
     """Multiply-adds per submodule (names as in `model.named_modules()`, up to `depth` dots), batch 1."""
-    counter = _run_counted(model, img_size, 1, None)
+    counter = run_counted(model, img_size, 1)
     out = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":
@@ -145,6 +87,7 @@ def measured_macs_by_module(model: nn.Module, img_size: Size = 224, depth: int =
         if name.count(".") < depth:
             out[name] = sum(ops.values()) // 2
     return out
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,7 +170,7 @@ def formula_macs(arch: dict, img_size: Size = 224) -> FormulaCost:
 
     Maps are padded to the stride as the model does (ceil at every stride), so the spatial sizes are those
     the model really computes on."""
-    h, w = _hw(img_size)
+    h, w = image_hw(img_size)
     in_chans = int(arch.get("in_chans", 3))
     mlp_ratio = float(arch.get("mlp_ratio", 4.0))
     stages = []
@@ -246,7 +189,7 @@ def formula_macs(arch: dict, img_size: Size = 224) -> FormulaCost:
             elementwise=hw * C * (L + 2),
         ))
     num_classes = int(arch.get("num_classes", 0))
-    return FormulaCost(img_size=_hw(img_size), stages=stages, head=stages[-1].dim * num_classes)
+    return FormulaCost(img_size=image_hw(img_size), stages=stages, head=stages[-1].dim * num_classes)
 
 
 def receptive_fields(arch: dict) -> list[dict]:
@@ -278,156 +221,6 @@ def receptive_fields(arch: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Activation memory
-# ----------------------------------------------------------------------------------------------------------
-
-
-class _LiveStorageTracker(TorchDispatchMode):
-    """Tracks the total bytes of tensor storages created inside it that are still alive, op by op.
-
-    `exclude`: storages that exist already (parameters, buffers, the input); views of them (a transposed
-    weight in F.linear) allocate nothing and are not counted."""
-
-    def __init__(self, exclude: Iterable[int] = ()) -> None:
-        super().__init__()
-        self._exclude = set(exclude)
-        self._live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _prune(self) -> None:
-        dead = [k for k, (ref, _) in self._live.items() if ref.expired()]
-        for k in dead:
-            self.current -= self._live.pop(k)[1]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self._prune()  # whatever died since the last op is free before this op allocates
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage._cdata
-                if key not in self._live and key not in self._exclude:
-                    self._live[key] = (StorageWeakRef(storage), storage.nbytes())
-                    self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        return out
-
-
-@dataclass
-class ActivationMemory:
-    img_size: tuple[int, int]
-    batch_size: int
-    saved_bytes: int  # kept by autograd for backward in a training-mode forward (parameters excluded)
-    peak_live_bytes: int  # largest total of live tensors during an inference forward (input excluded)
-    device: str
-
-
-def meta_from_arch(arch: dict) -> nn.Module:
-    """A FocalNet of architecture `arch` (a model's `.arch`, or a checkpoint's) on the meta device."""
-    from ..models import model_from_arch
-
-    with torch.device("meta"):
-        return model_from_arch(arch)
-
-
-def meta_copy(model: nn.Module) -> nn.Module:
-    """The same architecture on the meta device (no memory): rebuilt from `model.arch` for FocalNets,
-    else a deep copy moved to meta (which briefly copies the parameters)."""
-    arch = getattr(model, "arch", None)
-    if isinstance(arch, dict) and "family" in arch:
-        meta = meta_from_arch(arch)
-        meta.variant = getattr(model, "variant", None)
-        return meta
-    return copy.deepcopy(model).to("meta")
-
-
-def activation_memory(
-    model: nn.Module, img_size: Size = 224, batch_size: int = 1, device: Optional[str] = "meta"
-) -> ActivationMemory:
-    """Measure activation memory of one forward pass (see the module docstring for what is counted).
-
-    device="meta" (default) measures on a meta copy without allocating anything; device=None runs the
-    model where it is (real memory, same numbers: tests/test_profile.py checks that)."""
-    m = meta_copy(model) if device == "meta" else model
-    dev = next(m.parameters()).device
-    h, w = _hw(img_size)
-    x = torch.zeros(batch_size, _in_chans(model), h, w, device=dev)
-    was_training = m.training
-
-    param_storages = {t.untyped_storage()._cdata for t in (*m.parameters(), *m.buffers())}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in param_storages:
-            seen.setdefault(storage._cdata, storage.nbytes())
-        return t
-
-    try:
-        m.train()
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = m(x)
-        del out
-        m.eval()
-        with torch.no_grad(), _LiveStorageTracker(exclude=param_storages | {x.untyped_storage()._cdata}) as tracker:
-            out = m(x)
-        del out
-    finally:
-        m.train(was_training)
-    return ActivationMemory(
-        img_size=(h, w), batch_size=batch_size, saved_bytes=sum(seen.values()), peak_live_bytes=tracker.peak,
-        device=str(dev),
-    )
-
-
-class InputTooLargeError(FocalNetError, ValueError):
-    """An input that would not fit in memory at the chosen size; the message says what to do."""
-
-
-def available_memory(device: Union[str, torch.device] = "cpu") -> Optional[int]:
-    """Bytes a new allocation can get: free GPU memory, or Linux's MemAvailable; None when unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(
-    model: nn.Module,
-    img_size: Size,
-    batch_size: int = 1,
-    what: str = "the input",
-    device: Union[str, torch.device] = "cpu",
-    margin: float = 1.5,
-    estimate: Optional[int] = None,
-) -> int:
-    """Raise InputTooLargeError if an inference forward at `img_size` would not fit; return the estimate.
-
-    The estimate is the measured peak of live activations (on the meta device, so the check itself costs
-    nothing) times `margin` for kernel scratch space and allocator slack."""
-    if estimate is None:
-        estimate = activation_memory(model, img_size, batch_size).peak_live_bytes
-    need = int(estimate * margin)
-    free = available_memory(device)
-    if free is not None and need > free:
-        h, w = _hw(img_size)
-        raise InputTooLargeError(
-            f"{what} at {h}x{w} px needs about {need / 2**30:.1f} GiB for a forward pass but only "
-            f"{free / 2**30:.1f} GiB is free on {device}; pass a smaller size (--img-size) or crop the image"
-        )
-    return need
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Profile of one model, and of every variant
 # ----------------------------------------------------------------------------------------------------------
 
@@ -435,7 +228,7 @@ def check_memory(
 def profile_model(model: nn.Module, img_size: Size = 224, batch_size: int = 1, memory: bool = True) -> dict:
     """Everything `focalnet profile` prints, as plain Python values (JSON-ready)."""
     arch = model.arch
-    h, w = _hw(img_size)
+    h, w = image_hw(img_size)
     m = model if next(model.parameters()).device.type == "meta" else meta_copy(model)
     measured = count_macs(m, (h, w))
     by_module = measured_macs_by_module(m, (h, w), depth=3)
@@ -462,6 +255,16 @@ def profile_model(model: nn.Module, img_size: Size = 224, batch_size: int = 1, m
     return out
 
 
+def published_figures(variant: Optional[str]) -> Optional[dict]:
+    """The paper's parameters, MACs, top-1 and image size of a registered variant (None for any other name)."""
+    from ..registry import get_spec, list_models
+
+    if variant not in list_models():
+        return None
+    pub = get_spec(variant).published
+    return dict(params_m=pub.params_m, gmacs=pub.gmacs, top1=pub.top1, img_size=pub.img_size)
+
+
 def published_table(img_size: int = 224, num_classes: int = 1000, pattern: Optional[str] = None) -> list[dict]:
     """Every registered variant (or those matching `pattern`): parameters and MACs measured (meta device)
     beside the paper's numbers.
@@ -484,167 +287,83 @@ def published_table(img_size: int = 224, num_classes: int = 1000, pattern: Optio
     return rows
 
 
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Scaling sweep: focal modulation against window and global attention
+# The tables `focalnet profile` prints
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SweepModel:
-    """A model of the sweep: a name, the token-mixing mechanism it stands for, and a builder taking img_size."""
-
-    name: str
-    mechanism: str
-    build: Callable[[int], nn.Module] = field(compare=False, repr=False)
+def _g(n: float) -> str:
+    return f"{n / 1e9:.3f} G"
 
 
-def _focalnet_builder(name: str) -> Callable[[int], nn.Module]:
-    def build(img_size: int) -> nn.Module:
-        from ..registry import build_model
-
-        return build_model(name, num_classes=1000)  # any size works: nothing to set at construction
-
-    return build
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
-def _timm_builder(name: str) -> Callable[[int], nn.Module]:
-    def build(img_size: int) -> nn.Module:
-        try:
-            import timm
-        except ImportError:
-            raise ImportError("the sweep compares against timm's Swin and ViT: pip install timm") from None
-        # timm fixes the input resolution of Swin (patch grid, attention masks) and ViT (position
-        # embeddings) at construction: build one per size
-        return timm.create_model(name, pretrained=False, num_classes=1000, img_size=img_size)
-
-    return build
+def _num(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:g}"
 
 
-DEFAULT_SWEEP_MODELS = (
-    SweepModel("focalnet_tiny_srf", "focal modulation", _focalnet_builder("focalnet_tiny_srf")),
-    SweepModel("swin_tiny_patch4_window7_224", "window attention (7x7)", _timm_builder("swin_tiny_patch4_window7_224")),
-    SweepModel("vit_small_patch16_224", "global attention", _timm_builder("vit_small_patch16_224")),
-)
+def _stage_lines(prof: dict) -> list[str]:
+    lines = [f"  {'stage':<6}{'map':>9}{'C':>6}{'L':>3}  {'kernels':<10}{'blocks':>6}{'mod/blk':>11}{'proj/blk':>11}"
+             f"{'MLP/blk':>11}{'stage total':>13}{'measured':>12}"]
+    for s in prof["stages"]:
+        lines.append(f"  {s['stage']:<6}{s['height']:>4}x{s['width']:<4}{s['dim']:>6}{s['focal_level']:>3}  "
+                     f"{','.join(map(str, s['kernel_sizes'])):<10}{s['depth']:>6}{_g(s['modulation']):>11}"
+                     f"{_g(s['proj']):>11}{_g(s['mlp']):>11}{_g(s['total']):>13}{_g(s['measured']):>12}")
+    lines += [
+        f"  {'head':<6}{'':>9}{'':>6}{'':>3}  {'':<10}{'':>6}{'':>11}{'':>11}{'':>11}{_g(prof['head_macs']):>13}",
+        "  (mod/blk: HW(3C^2 + C(2L+3) + C sum k^2); stage total includes the stem or downsampling conv;",
+        "   measured = FlopCounterMode, which does not see the element-wise HW C(L+2) per block)",
+    ]
+    return lines
 
 
-def sweep_model(name: str) -> SweepModel:
-    """A SweepModel for a FocalNet name or any timm model name (mechanism: as given)."""
-    for m in DEFAULT_SWEEP_MODELS:
-        if m.name == name:
-            return m
-    from ..registry import list_models
-
-    if name in list_models():
-        return SweepModel(name, "focal modulation", _focalnet_builder(name))
-    return SweepModel(name, "timm", _timm_builder(name))
-
-
-def _time_once(model: nn.Module, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    model(x)
-    return time.perf_counter() - t0
+def _receptive_field_lines(prof: dict) -> list[str]:
+    lines = ["  receptive field of each focal level",
+             f"  {'stage':<6}{'level':>6}{'kernel':>8}{'map px':>8}{'input px':>10}{'theoretical px':>16}"]
+    for r in prof["receptive_fields"]:
+        k = "-" if r["kernel"] is None else r["kernel"]
+        lines.append(f"  {r['stage']:<6}{r['level']:>6}{k:>8}{r['rf_map_px']:>8}{r['span_px']:>10}"
+                     f"{r['theoretical_px']:>16}")
+    lines += ["  (map px: r_l = 1 + sum (k_i - 1); input px: r_l x stride; theoretical: through the stem, earlier",
+              "   blocks and downsampling, in the stage's last block; the last level is the global context)"]
+    return lines
 
 
-@torch.no_grad()
-def scaling_sweep(
-    sizes: Sequence[int] = (224, 320, 448, 640),
-    models: Sequence[SweepModel] = DEFAULT_SWEEP_MODELS,
-    repeats: int = 3,
-    warmup: int = 1,
-    progress: Optional[Callable[[str], None]] = None,
-) -> list[dict]:
-    """Params, MACs (FlopCounterMode, meta device) and batch-1 inference time of each model at each size.
-
-    Timing: per size, models interleaved (A B C A B C ...) after `warmup` untimed calls each; the median
-    of `repeats` calls is reported, with min and max, so that drift of a shared machine hits all alike."""
-    rows = []
-    for size in sizes:
-        built = []
-        for spec in models:
-            model = spec.build(size).eval()
-            with torch.device("meta"):
-                meta = spec.build(size)
-            built.append((spec, model, count_macs(meta, size), count_params(meta)))
-            del meta
-        x = torch.randn(1, 3, size, size)
-        for _, model, _, _ in built:
-            for _ in range(warmup):
-                model(x)
-        times: list[list[float]] = [[] for _ in built]
-        for _ in range(repeats):
-            for i, (_, model, _, _) in enumerate(built):
-                times[i].append(_time_once(model, x))
-        for (spec, _, macs, params), ts in zip(built, times):
-            ts = sorted(ts)
-            rows.append(dict(
-                model=spec.name, mechanism=spec.mechanism, img_size=size, pixels=size * size,
-                params_m=round(params / 1e6, 3), macs=macs, gmacs=round(macs / 1e9, 4),
-                ms_median=round(1e3 * ts[len(ts) // 2], 2), ms_min=round(1e3 * ts[0], 2), ms_max=round(1e3 * ts[-1], 2),
-                repeats=repeats, threads=torch.get_num_threads(),
-            ))
-            if progress:
-                r = rows[-1]
-                progress(f"{size:>5} px  {spec.name:<30} {r['gmacs']:>8.2f} GMACs  {r['ms_median']:>9.1f} ms")
-        del built
-    return rows
+def profile_lines(prof: dict, *, num_classes: Optional[int] = None) -> list[str]:
+    """`profile_model`'s result as the text `focalnet profile` prints: totals (beside the paper's, when
+    prof['published'] holds them), the formula stage by stage, and the receptive fields."""
+    h, w = prof["img_size"]
+    pub = prof.get("published") or {}
+    pub_p = f"   (published {pub['params_m']:g} M)" if pub.get("params_m") else ""
+    pub_g = f"   (published {pub['gmacs']:g} G at 224 px)" if pub.get("gmacs") else ""
+    lines = [
+        f"{prof['variant']} at {h}x{w} px, batch {prof['batch_size']}, {num_classes}-class head",
+        f"  parameters       {prof['params']:,} ({prof['params'] / 1e6:.2f} M){pub_p}",
+        f"  MACs measured    {_g(prof['macs_measured'])}  FlopCounterMode: convolutions and matmuls{pub_g}",
+        f"  MACs by formula  {_g(prof['macs_formula'])}  paper's block term + proj + MLP + stem/downsampling/head"
+        f" = measured + {_g(prof['macs_elementwise'])} element-wise (gated sum, q*M)",
+    ]
+    if "saved_bytes" in prof:
+        lines.append(f"  activations      {_mib(prof['saved_bytes'])} saved for backward (training-mode forward), "
+                     f"{_mib(prof['peak_live_bytes'])} peak live (inference forward); ATen-level tensors, parameters "
+                     "excluded")
+    return lines + [""] + _stage_lines(prof) + [""] + _receptive_field_lines(prof)
 
 
-def write_sweep(rows: list[dict], out_dir: Union[str, os.PathLike], overwrite: bool = False) -> tuple[Path, Path]:
-    """Write the sweep as `sweep.csv` and `sweep.png` (GMACs, time, and cost per pixel against the pixel
-    count, log-log, with a slope-1 guide: linear growth is parallel to it, quadratic is twice as steep)."""
-    import csv
-    import io
+def published_lines(rows: Sequence[dict], img_size: int) -> list[str]:
+    """`published_table`'s rows as the text `focalnet profile --all` prints."""
+    lines = [f"every variant at {img_size} px with a 1000-class head (as the paper counts); measured on the meta device",
+             f"{'model':<22}{'params M':>10}{'published':>11}{'GMACs':>9}{'formula':>9}{'published':>11}{'top-1':>7}"
+             f"{'weights px':>12}"]
+    for r in rows:
+        lines.append(f"{r['name']:<22}{r['params_m']:>10.2f}{_num(r['params_m_published']):>11}{r['gmacs']:>9.2f}"
+                     f"{r['gmacs_formula']:>9.2f}{_num(r['gmacs_published']):>11}{_num(r['top1_published']):>7}"
+                     f"{r['weights_img_size']:>12}")
+    lines += ["(GMACs: FlopCounterMode; formula: the paper's per-block term + proj + MLP + stem/downsampling/head,",
+              " which also counts the element-wise gated sum; published: the paper's table, multiply-adds)"]
+    return lines
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..utils import atomic_write
-
-    out_dir = Path(out_dir)
-    csv_path, png_path = out_dir / "sweep.csv", out_dir / "sweep.png"
-    for p in (csv_path, png_path):
-        if p.exists() and not overwrite:
-            raise FileExistsError(f"{p} exists; pass --force (overwrite=True) to replace it")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(csv_path, "w") as f:
-        f.write(buf.getvalue())
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), dpi=100)
-    names = list(dict.fromkeys(r["model"] for r in rows))
-    for name in names:
-        rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["pixels"])
-        mpx = [r["pixels"] / 1e6 for r in rs]
-        label = f"{name} ({rs[0]['mechanism']})"
-        axes[0].plot(mpx, [r["gmacs"] for r in rs], "o-", label=label)
-        axes[1].plot(mpx, [r["ms_median"] for r in rs], "o-", label=label)
-        base = rs[0]["gmacs"] / rs[0]["pixels"]
-        axes[2].plot(mpx, [r["gmacs"] / r["pixels"] / base for r in rs], "o-", label=label)
-    all_mpx = sorted({r["pixels"] / 1e6 for r in rows})
-    for ax, key in ((axes[0], "gmacs"), (axes[1], "ms_median")):
-        y0 = min(r[key] for r in rows if r["pixels"] / 1e6 == all_mpx[0])
-        ax.plot(all_mpx, [y0 * m / all_mpx[0] for m in all_mpx], "k--", lw=1, label="linear in pixels")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("pixels (millions)")
-    axes[0].set_ylabel("GMACs (FlopCounterMode)")
-    axes[0].set_title("cost")
-    axes[1].set_ylabel("ms per image (batch 1, median)")
-    axes[1].set_title(f"measured time ({rows[0]['threads']} threads)")
-    axes[2].set_xscale("log")
-    axes[2].set_xlabel("pixels (millions)")
-    axes[2].set_ylabel("MACs per pixel, relative to the smallest size")
-    axes[2].set_title("cost per pixel (flat = linear)")
-    axes[2].axhline(1.0, color="k", ls="--", lw=1)
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return csv_path, png_path

@@ -17,12 +17,12 @@ The kernel picture has one row per stage: the learned depthwise kernels k_l of e
 channels and the stage's blocks) and their composition r_l = 1 + sum (k_i - 1): the linear kernel of the
 chain DWConv_1 .. DWConv_l (GELU left out), which shows how far each level reaches.
 
-Pixel sizes are exact and recorded in `GridLayout`, so that tests (and users) can find every panel.
+Pixel sizes are exact and recorded in `GridLayout` (inspect.canvas, which draws), so that tests (and users) can
+find every panel.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -32,6 +32,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import describe_arch
+from .canvas import (
+    BLANK,
+    Canvas,
+    GridLayout,
+    Panel,
+    Picture,
+    colormap,
+    fmt_value,
+    map_to_tile,
+    minmax,
+    overlay,
+    tile_size,
+)
 from .recorder import BlockSpec, ModulationRecord, ModulationRecorder, RecorderError, resolve_blocks
 
 __all__ = [
@@ -44,157 +57,6 @@ __all__ = [
     "compose_kernels",
     "write_pictures",
 ]
-
-BACKGROUND = (255, 255, 255)
-BLANK = (236, 236, 236)
-TEXT = (20, 20, 20)
-OVERLAY_ALPHA = 0.55
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """Pixel geometry of a grid of equal tiles, each under a band of two text lines, below a header."""
-
-    rows: int
-    cols: int
-    tile_h: int
-    tile_w: int
-    margin: int = 8
-    band: int = 34  # two lines of 12-px text above each tile
-    header: int = 40  # two lines of text at the top
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the whole picture."""
-        w = self.margin + self.cols * (self.tile_w + self.margin)
-        h = self.header + self.margin + self.rows * (self.band + self.tile_h + self.margin)
-        return w, h
-
-    def box(self, row: int, col: int) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) of the tile's image area (x1, y1 exclusive)."""
-        if not (0 <= row < self.rows and 0 <= col < self.cols):
-            raise IndexError(f"tile ({row}, {col}) outside a {self.rows}x{self.cols} grid")
-        x0 = self.margin + col * (self.tile_w + self.margin)
-        y0 = self.header + self.margin + row * (self.band + self.tile_h + self.margin) + self.band
-        return x0, y0, x0 + self.tile_w, y0 + self.tile_h
-
-
-@dataclass
-class Panel:
-    row: int
-    col: int
-    kind: str  # input | gate | gate_global | modulator_mean | modulator_l2 | blank | kernel | composed
-    title: str
-    vmin: Optional[float] = None
-    vmax: Optional[float] = None
-    block: Optional[str] = None
-    level: Optional[int] = None
-
-
-@dataclass
-class Picture:
-    image: Any  # PIL.Image.Image
-    layout: GridLayout
-    panels: list[Panel]
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dict(
-            size=list(self.layout.size), layout=asdict(self.layout),
-            panels=[dict(asdict(p), box=list(self.layout.box(p.row, p.col))) for p in self.panels], **self.meta,
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Drawing helpers
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _font(size: int = 12):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw, text: str, font, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def _colormap(values: np.ndarray, name: str) -> np.ndarray:
-    """(H, W) floats in [0, 1] -> (H, W, 3) uint8 through a matplotlib colormap."""
-    import matplotlib
-
-    rgba = matplotlib.colormaps[name](np.clip(values, 0.0, 1.0))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
-
-
-def _map_to_tile(m: torch.Tensor, stride: int, input_size: tuple[int, int], tile: tuple[int, int]) -> np.ndarray:
-    """Resample a feature map (h, w) onto a tile (th, tw) showing the H x W input it was computed from.
-
-    Tile pixel centres map to input pixels, input pixels to map coordinates (cell i spans input
-    [i s, (i + 1) s)); bilinear between cell centres, edge cells held at the border."""
-    H, W = input_size
-    th, tw = tile
-    h, w = m.shape[-2:]
-    ys = (torch.arange(th, dtype=torch.float32) + 0.5) * (H / th) / (stride * h) * 2 - 1  # normalised map y
-    xs = (torch.arange(tw, dtype=torch.float32) + 0.5) * (W / tw) / (stride * w) * 2 - 1
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, th, tw, 2) as (x, y)
-    out = F.grid_sample(m.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, 0].numpy()
-
-
-def _overlay(base: np.ndarray, colored: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    return ((1 - alpha) * base.astype(np.float32) + alpha * colored.astype(np.float32)).round().astype(np.uint8)
-
-
-def _minmax(a: np.ndarray) -> tuple[np.ndarray, float, float]:
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), lo, hi
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}"
-
-
-class _Canvas:
-    def __init__(self, layout: GridLayout, header: Sequence[str]) -> None:
-        from PIL import Image, ImageDraw
-
-        self.layout = layout
-        self.image = Image.new("RGB", layout.size, BACKGROUND)
-        self.draw = ImageDraw.Draw(self.image)
-        self.font = _font(12)
-        self.header_font = _font(13)
-        for i, line in enumerate(header[:2]):
-            self.draw.text((layout.margin, 4 + 17 * i), _fit(self.draw, line, self.header_font, layout.size[0] - 2 * layout.margin),
-                           fill=TEXT, font=self.header_font)
-
-    def tile(self, row: int, col: int, pixels: Optional[np.ndarray], lines: Sequence[str]) -> None:
-        from PIL import Image
-
-        x0, y0, x1, y1 = self.layout.box(row, col)
-        if pixels is None:
-            self.draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=BLANK)
-        else:
-            assert pixels.shape[:2] == (y1 - y0, x1 - x0), (pixels.shape, (y1 - y0, x1 - x0))
-            self.image.paste(Image.fromarray(pixels), (x0, y0))
-        for i, line in enumerate(lines[:2]):
-            y = y0 - self.layout.band + 2 + 15 * i
-            self.draw.text((x0, y), _fit(self.draw, line, self.font, self.layout.tile_w), fill=TEXT, font=self.font)
-
-
-def _tile_size(input_size: tuple[int, int], panel: int) -> tuple[int, int]:
-    H, W = input_size
-    scale = panel / max(H, W)
-    return max(1, round(H * scale)), max(1, round(W * scale))
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The modulation picture of one image
@@ -217,14 +79,14 @@ def modulation_picture(
     input_size = tuple(records[0].input_size)
     if (image.height, image.width) != input_size:
         raise ValueError(f"the image is {image.height}x{image.width} but the model saw {input_size[0]}x{input_size[1]}")
-    th, tw = _tile_size(input_size, panel)
+    th, tw = tile_size(input_size, panel)
     base = np.asarray(image.convert("RGB").resize((tw, th), Image.BICUBIC))
     levels = max(r.focal_level for r in records)
     cols = 1 + levels + 1 + 2
     layout = GridLayout(rows=len(records), cols=cols, tile_h=th, tile_w=tw, header=40 if title else 8)
     header = [title, "gates: coolwarm, symmetric per panel (blue < 0 < red); modulator: turbo, min-max per panel, "
                      "over the input"] if title else []
-    canvas = _Canvas(layout, header)
+    canvas = Canvas(layout, header)
     panels: list[Panel] = []
 
     for row, rec in enumerate(records):
@@ -240,18 +102,18 @@ def modulation_picture(
                 canvas.tile(row, col, None, [f"(no level {l + 1})", ""])
                 panels.append(Panel(row, col, "blank", "", block=rec.block, level=l + 1))
                 continue
-            g = _map_to_tile(gates[l], rec.stride, input_size, (th, tw))
+            g = map_to_tile(gates[l], rec.stride, input_size, (th, tw))
             vmax = float(gates[l].abs().max()) or 1.0
             k = rec.kernel_sizes[l] if l < len(rec.kernel_sizes) else None
             what = f"gate {l + 1}" + (f" (k={k}, r={r_l[l + 1]})" if k else "")
-            canvas.tile(row, col, _colormap(g / (2 * vmax) + 0.5, "coolwarm"),
-                        [what, f"[{_fmt(float(gates[l].min()))}, {_fmt(float(gates[l].max()))}]"])
+            canvas.tile(row, col, colormap(g / (2 * vmax) + 0.5, "coolwarm"),
+                        [what, f"[{fmt_value(float(gates[l].min()))}, {fmt_value(float(gates[l].max()))}]"])
             panels.append(Panel(row, col, "gate", what, float(gates[l].min()), float(gates[l].max()), rec.block, l + 1))
         col = 1 + levels
-        g = _map_to_tile(gates[L], rec.stride, input_size, (th, tw))
+        g = map_to_tile(gates[L], rec.stride, input_size, (th, tw))
         vmax = float(gates[L].abs().max()) or 1.0
-        canvas.tile(row, col, _colormap(g / (2 * vmax) + 0.5, "coolwarm"),
-                    ["gate global", f"[{_fmt(float(gates[L].min()))}, {_fmt(float(gates[L].max()))}]"])
+        canvas.tile(row, col, colormap(g / (2 * vmax) + 0.5, "coolwarm"),
+                    ["gate global", f"[{fmt_value(float(gates[L].min()))}, {fmt_value(float(gates[L].max()))}]"])
         panels.append(Panel(row, col, "gate_global", "gate global", float(gates[L].min()), float(gates[L].max()), rec.block, L + 1))
 
         modulator = rec.modulator[index].float()  # (C, h, w)
@@ -260,8 +122,8 @@ def modulation_picture(
             ("modulator_l2", "modulator: L2 norm", modulator.norm(dim=0)),
         ):
             col += 1
-            values, lo, hi = _minmax(_map_to_tile(m, rec.stride, input_size, (th, tw)))
-            canvas.tile(row, col, _overlay(base, _colormap(values, "turbo")), [name, f"[{_fmt(float(m.min()))}, {_fmt(float(m.max()))}]"])
+            values, lo, hi = minmax(map_to_tile(m, rec.stride, input_size, (th, tw)))
+            canvas.tile(row, col, overlay(base, colormap(values, "turbo")), [name, f"[{fmt_value(float(m.min()))}, {fmt_value(float(m.max()))}]"])
             panels.append(Panel(row, col, kind, name, float(m.min()), float(m.max()), rec.block))
     return Picture(canvas.image, layout, panels, meta=dict(input_size=list(input_size), blocks=[r.block for r in records]))
 
@@ -326,7 +188,7 @@ def kernel_picture(model: nn.Module, panel: int = 150, title: str = "") -> Pictu
         title or "depthwise kernels",
         "mean |w| over channels and the stage's blocks (viridis, 0 to max); composed: DWConv_1..l as one kernel, GELU left out",
     ]
-    canvas = _Canvas(layout, header)
+    canvas = Canvas(layout, header)
     panels = []
     for s, blocks in enumerate(kernels):
         learned = [torch.stack([b[l].abs().mean((0, 1)) for b in blocks]).mean(0) for l in range(len(blocks[0]))]
@@ -346,10 +208,10 @@ def kernel_picture(model: nn.Module, panel: int = 150, title: str = "") -> Pictu
                 img = np.kron(m / vmax, np.ones((cell, cell)))  # nearest: one square per weight
                 tile = np.full((panel, panel, 3), BLANK, dtype=np.uint8)
                 off = (panel - img.shape[0]) // 2
-                tile[off : off + img.shape[0], off : off + img.shape[1]] = _colormap(img, "viridis")
+                tile[off : off + img.shape[0], off : off + img.shape[1]] = colormap(img, "viridis")
                 what = f"stage {s}, level {l + 1}"
                 size = f"k={k} learned" if kind == "kernel" else f"r={k} composed"
-                canvas.tile(s, col, tile, [what, f"{size}, max {_fmt(vmax)}"])
+                canvas.tile(s, col, tile, [what, f"{size}, max {fmt_value(vmax)}"])
                 panels.append(Panel(s, col, kind, f"{what}: {size}", float(m.min()), vmax, level=l + 1))
     return Picture(canvas.image, layout, panels, meta=dict(stages=len(kernels)))
 
@@ -395,7 +257,7 @@ def _refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
 def _record(model: nn.Module, meta_model: nn.Module, x: torch.Tensor, blocks: BlockSpec, what: str) -> list[ModulationRecord]:
     """The modulation records of one forward of `x` (1, C, H, W), after checking on the meta device that
     the activations fit in free memory; running out of memory anyway is an InputTooLargeError too."""
-    from .complexity import InputTooLargeError, activation_memory, check_memory
+    from .memory import InputTooLargeError, activation_memory, check_memory
 
     H, W = x.shape[-2:]
     estimate = activation_memory(meta_model, (H, W)).peak_live_bytes
@@ -465,7 +327,7 @@ def _write_all(model: nn.Module, images: Sequence[Any], pil_images: list, stems:
                blocks: BlockSpec, img_size: Optional[int], panel: int, kernels: bool, title: Optional[str]) -> list[Path]:
     """The pictures of `write_pictures`, written one by one (each atomically), then pictures.json."""
     from ..utils import atomic_json
-    from .complexity import meta_copy
+    from .memory import meta_copy
     from .predict import to_tensor
 
     device = next(model.parameters()).device

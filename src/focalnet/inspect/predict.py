@@ -1,9 +1,8 @@
 """Images in, class names and probabilities out: the authors' evaluation transform and the names behind
 each head (images are read by `focalnet.images.load_image`).
 
-Preprocessing is the authors' evaluation transform (their `build_transform(is_train=False)`, which timm's
-`create_transform` reproduces): bicubic resize of the shorter side to img_size / crop_pct (256 for 224),
-center crop img_size, ImageNet mean/std. The registry holds mean, std, crop_pct and interpolation per variant.
+Preprocessing is the authors' evaluation transform, resolved and built by `focalnet.preprocess` (bicubic
+resize of the shorter side to img_size / crop_pct, 256 for 224, center crop img_size, the model's mean/std).
 
 Class names, in this order:
 - the checkpoint's own names (`model.class_names`, saved by `focalnet.save_model(..., class_names=...)`);
@@ -17,35 +16,23 @@ Class names, in this order:
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from ..checkpoints.arch import imagenet_labels
 from ..errors import FocalNetError
-from ..images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageLike,
-    ImageTooLargeError,
-    PreprocessingError,
-    check_image_side,
-    gray_stats,
-    interpolation_mode,
-    load_image,
-    max_image_side,
-)
+from ..images import ImageLike, check_image_side, check_resized, interpolation_mode, load_image
+from ..preprocess import Preprocessing, eval_transform, resolve
 
 __all__ = [
     "PredictionError",
     "Preprocessing",
     "preprocessing_for",
     "to_tensor",
-    "check_resized",
     "eval_transform",
     "ClassNames",
     "class_names_for",
@@ -65,106 +52,23 @@ class PredictionError(FocalNetError, ValueError):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model wants its input: channels, normalisation and the evaluation resize/crop."""
-
-    in_chans: int = 3
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-    img_size: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-
-    def __post_init__(self) -> None:
-        # checked here, where every path meets (a checkpoint's metadata, model.preprocessing set by hand,
-        # --img-size): a NaN mean would print "nan%", a 100000 px size would fill the memory
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if len(values) != self.in_chans or not all(_finite(v) for v in values):
-                raise PreprocessingError(f"preprocessing {key} {list(values)!r}: {self.in_chans} finite number(s) needed")
-        if any(v <= 0 for v in self.std):
-            raise PreprocessingError(f"preprocessing std {list(self.std)!r} must be positive")
-        if not _finite(self.crop_pct) or not 0 < self.crop_pct <= 1:
-            raise PreprocessingError(f"preprocessing crop_pct must be in (0, 1], got {self.crop_pct!r}")
-        check_image_side(self.img_size, "the input size (img_size)")
-        check_image_side(self.resize, f"the resize before the crop (img_size {self.img_size} / crop_pct {self.crop_pct})")
-        interpolation_mode(self.interpolation)
-
-    @property
-    def mode(self) -> str:
-        return "L" if self.in_chans == 1 else "RGB"
-
-    @property
-    def resize(self) -> int:
-        """The shorter side before the center crop: the authors' int(224 / 0.875) = 256."""
-        return int(self.img_size / self.crop_pct)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def preprocessing_for(model: nn.Module, img_size: Optional[int] = None) -> Preprocessing:
-    """The model's preprocessing: what its checkpoint saved (`model.preprocessing`, e.g. Fashion-MNIST's
-    mean and std for a model trained by `focalnet train`), else the registry's for its variant (ImageNet's
-    when unknown).
+    """The model's preprocessing (focalnet.preprocess.resolve): what its checkpoint saved
+    (`model.preprocessing`, e.g. Fashion-MNIST's mean and std for a model trained by `focalnet train`), else
+    the registry's for its variant (ImageNet's when unknown); `img_size` overrides the size.
 
     A grayscale model (in_chans=1, e.g. RGB weights whose stem was summed over its input channels) takes
     the gray image normalised with the mean of the three means and stds."""
-    from ..registry import get_spec
+    from ..registry import get_spec, list_models
 
     variant = getattr(model, "variant", None)
-    kwargs: dict[str, Any] = {}
-    try:
-        spec = get_spec(variant) if variant else None
-    except KeyError:
-        spec = None
-    if spec is not None:
-        kwargs = dict(
-            mean=tuple(spec.mean), std=tuple(spec.std), img_size=spec.published.img_size,
-            crop_pct=spec.crop_pct, interpolation=spec.interpolation,
-        )
     in_chans = int(getattr(model, "in_chans", 3))
     if in_chans not in (1, 3):
         raise PredictionError(
             f"the model takes {in_chans}-channel input; images can feed 1-channel (grayscale) or 3-channel (RGB) models"
         )
-    saved = getattr(model, "preprocessing", None)  # what the weights were trained with (load_model sets it)
-    if saved and len(saved.get("mean", ())) == in_chans:
-        kwargs.update(mean=tuple(saved["mean"]), std=tuple(saved["std"]))
-        kwargs.update({k: saved[k] for k in ("img_size", "crop_pct", "interpolation") if saved.get(k) is not None})
-    elif in_chans == 1:
-        mean, std = gray_stats(kwargs.get("mean", IMAGENET_MEAN), kwargs.get("std", IMAGENET_STD))
-        kwargs.update(mean=mean, std=std)
-    if img_size is not None:
-        kwargs["img_size"] = int(img_size)
-    return Preprocessing(in_chans=in_chans, **kwargs)
-
-
-def eval_transform(pre: Preprocessing):
-    """The authors' evaluation transform: resize the shorter side to img_size / crop_pct, center crop
-    img_size, to tensor, normalise. Returns a torchvision transform: PIL image -> (C, H, W) float."""
-    from torchvision import transforms as T
-
-    return T.Compose([
-        T.Resize(pre.resize, interpolation=interpolation_mode(pre.interpolation)),
-        T.CenterCrop(pre.img_size),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
-
-
-def check_resized(img: "PIL.Image.Image", short_side: int, what: str) -> None:  # noqa: F821
-    """Refuse, before resizing, an image whose longer side would exceed the cap once its shorter side is
-    `short_side` (a 10 x 20000 px strip resized to 256 would be 512000 px long)."""
-    long_side = round(max(img.width, img.height) * short_side / max(1, min(img.width, img.height)))
-    cap = max_image_side()
-    if long_side > cap:
-        raise ImageTooLargeError(
-            f"{what} ({img.width}x{img.height} px) resized to a shorter side of {short_side} px would be {long_side} px "
-            f"long, above the limit of {cap} px; crop it closer to square first, or raise FOCALNET_MAX_IMAGE_SIDE"
-        )
+    spec = get_spec(variant) if variant in list_models() else None
+    return resolve(in_chans, spec=spec, saved=getattr(model, "preprocessing", None), img_size=img_size)
 
 
 def to_tensor(img: "PIL.Image.Image", pre: Preprocessing, resize: Optional[int] = None) -> torch.Tensor:  # noqa: F821
@@ -258,7 +162,7 @@ def predict(
     topk = max(1, min(int(topk), len(names)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if images:  # the forward's memory, measured on the meta device, before any image is resized
-        from .complexity import check_memory
+        from .memory import check_memory
 
         check_memory(model, pre.img_size, batch_size=min(batch_size, len(images)), device=device,
                      what=f"a batch of {min(batch_size, len(images))} image(s)")

@@ -158,7 +158,7 @@ def resolve_blocks(model: nn.Module, blocks: BlockSpec = None) -> list[BlockRef]
 
 def _check_observable(block: BlockRef) -> nn.Module:
     mod = getattr(block.module, "modulation", None)
-    fused = [n for n in ("fused", "is_fused", "_fused") if getattr(mod, n, False) or getattr(block.module, n, False)]
+    fused = getattr(block.module, "fused", False)  # focalnet.deploy's FusedBlock says so (a class attribute)
     missing = [p for p in _POINTS if not isinstance(getattr(mod, p, None), nn.Module)]
     if mod is None or missing or fused:
         why = "is fused for inference" if fused else f"lacks {', '.join(missing) or 'modulation'}"

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..flops import try_count_macs  # the one counter; here for the run's summary and benchmarks/
 from ..utils import atomic_write, format_duration
 from .config import TrainingError
 
@@ -17,7 +18,6 @@ __all__ = [
     "display_name",
     "epoch_line",
     "write_metrics",
-    "read_metrics",
     "build_summary",
     "summary_lines",
     "plot_curves",
@@ -61,10 +61,6 @@ def write_metrics(history: Sequence[dict], path: os.PathLike) -> None:
     with atomic_write(path, "w") as f:
         for r in history:
             f.write(json.dumps(r) + "\n")
-
-
-def read_metrics(path: os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def build_summary(
@@ -262,23 +258,3 @@ def tensorboard_log(writer: Any, record: dict) -> None:
             group = "test" if key.startswith(("test_", "ema_test_")) else "train"
             writer.add_scalar(f"{group}/{key}", value, step)
     writer.flush()
-
-
-def try_count_macs(model: Any, in_chans: int, img_size: int) -> Optional[int]:
-    """Multiply-adds of one forward pass at img_size (PyTorch's FLOP counter / 2), or None if it fails."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    try:
-        param = next(model.parameters())
-        x = torch.zeros(1, in_chans, img_size, img_size, device=param.device, dtype=param.dtype)
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model(x)
-        finally:
-            model.train(was)
-        return int(counter.get_total_flops() // 2)
-    except Exception:  # a model the counter cannot trace: the report leaves MACs out
-        return None

@@ -1,34 +1,42 @@
-"""Fitting a run into --time-budget seconds: how many optimizer steps fit, measured, then re-planned.
+"""The run's plan, how many epochs and optimizer steps with the schedule that ends there, and fitting it
+into --time-budget seconds: measured, then re-planned.
 
-The plan has three moments, each a function here:
+A `Plan` is a frozen value: a re-plan returns a new one. A --time-budget run's plan has three moments:
 
-1. before training, `time_steps` measures a few steps on a copy of the model and `plan_updates` turns the
-   times into a number of optimizer steps (the cosine schedule ends exactly there, inside an epoch if need be);
-2. after the first epoch, `replan_updates` redoes the sum with that epoch's real timings (the probe's few
+1. before training, `measure_budget` times a few steps on a copy of the model (`time_steps`) and turns the
+   times into a number of optimizer steps (`plan_updates`; the cosine ends exactly there, inside an epoch
+   if need be);
+2. after the first epoch, `after_first_epoch` redoes the sum with that epoch's real timings (the probe's few
    steps can be off by tens of %);
-3. before every later epoch, `overruns` says whether the next epoch would overrun the budget; if so the steps
-   left are re-planned (`replan_updates` again) to fit the time left, and the run stops early only when not
-   one more step fits.
+3. before every later epoch, `before_next_epoch` asks whether the next epoch would overrun the budget; if so
+   the steps left are re-planned to fit the time left, and the run stops early only when not one more step
+   fits.
 
-All but `time_steps` are pure functions of the times they are given.
+The sums (`updates_that_fit`, `plan_updates`, `replan_updates`, `next_epoch_seconds`, `overruns`) are pure
+functions of the times they are given. Under torchrun every process takes the same decision: the slowest
+one's timings (`_slowest`).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-from .optim import build_optimizer
-from .distributed import unwrap_model
+from .data import DataInfo, set_loader_epoch
+from .distributed import all_reduce, unwrap_model
 from .loop import autocast
+from .optim import build_optimizer, build_scheduler
 from .recipes import Recipe
 
-__all__ = ["updates_that_fit", "time_steps", "plan_updates", "replan_updates", "next_epoch_seconds", "overruns",
-           "median"]
+__all__ = ["Plan", "Schedule", "Replan", "eval_interval", "measure_budget", "with_total_updates", "after_first_epoch",
+           "before_next_epoch", "updates_that_fit", "time_steps", "plan_updates", "replan_updates",
+           "next_epoch_seconds", "overruns", "median"]
 
 # the first plan keeps 4% for checkpoints, plots and drift; the re-plan, from real epochs, 2%
 PLAN_MARGIN = 1.04
@@ -86,7 +94,7 @@ def overruns(budget_s: float, *, elapsed_s: float, next_epoch_s: float) -> bool:
 
 
 def time_steps(model: nn.Module, loader: Any, eval_loader: Any, *, criterion: nn.Module, recipe: Recipe, lr: float,
-               amp: str, device: torch.device, mixup_fn: Optional[Any], n_steps: int = 12,
+               precision: str, device: torch.device, mixup_fn: Optional[Any], n_steps: int = 12,
                n_warm: int = 3) -> tuple[float, float]:
     """Seconds per training batch and per evaluation batch, measured on a copy of the model (the run itself
     starts from the untouched model)."""
@@ -106,7 +114,7 @@ def time_steps(model: nn.Module, loader: Any, eval_loader: Any, *, criterion: nn
         x, y = x.to(device), y.to(device)
         if mixup_fn is not None and len(x) % 2 == 0:
             x, y = mixup_fn(x, y)
-        with autocast(device, amp):
+        with autocast(device, precision):
             loss = criterion(probe(x), y)
         loss.backward()
         opt.step()
@@ -122,8 +130,149 @@ def time_steps(model: nn.Module, loader: Any, eval_loader: Any, *, criterion: nn
                 break
             t0 = time.perf_counter()
             if x is not None:
-                with autocast(device, amp):
+                with autocast(device, precision):
                     probe(x.to(device))
             if i >= 1:
                 eval_times.append(time.perf_counter() - t0)
     return median(times), median(eval_times)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The plan, and the schedule it ends
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the learning-rate schedule is built from, apart from its length (a plan's length may change)."""
+
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    lr: float
+    updates_per_epoch: int
+
+    def build(self, *, epochs: int, total_updates: int, steps_done: Optional[int] = None) -> Any:
+        """The cosine that ends after `total_updates` optimizer steps; at step `steps_done` when given."""
+        scheduler = build_scheduler(self.optimizer, self.recipe, epochs=epochs, lr=self.lr,
+                                    updates_per_epoch=self.updates_per_epoch, total_updates=total_updates)
+        if steps_done is not None:
+            scheduler.step_update(num_updates=steps_done)
+        return scheduler
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long the run is: the one place its number of epochs lives (config.yaml's `epochs` is this)."""
+
+    epochs: int  # epochs begun; the last of a --time-budget run may be partial
+    total_updates: int  # optimizer steps of the whole run: where the cosine ends
+    scheduler: Any  # timm's scheduler for this plan (its state moves with the steps; a re-plan builds a new one)
+    schedule: Schedule
+    planned: bool = False  # chosen to fit --time-budget (and so re-planned after the first epoch)
+    note: str = ""  # how the steps were chosen (said when the run begins)
+    probe_s: float = 0.0  # seconds spent measuring the steps, counted as training time
+
+
+def with_total_updates(plan: Plan, total: int, *, epoch: int, steps_done: int) -> Plan:
+    """The plan re-made to end after `total` optimizer steps, after epoch `epoch` (counted from 0): the
+    epochs left, and the cosine rebuilt to end exactly there, continuing from step `steps_done`."""
+    per_epoch = plan.schedule.updates_per_epoch
+    epochs = epoch + 1 + math.ceil((total - steps_done) / per_epoch)
+    return dataclasses.replace(plan, epochs=epochs, total_updates=total,
+                               scheduler=plan.schedule.build(epochs=epochs, total_updates=total, steps_done=steps_done))
+
+
+# an evaluation image costs about a third of a training image (forward only)
+EVAL_COST = 1 / 3
+
+
+def eval_interval(eval_every: Optional[int], info: DataInfo) -> int:
+    """Epochs between evaluations: --eval-every, or by default every epoch unless an epoch is so short that
+    evaluating the test split would cost more than training it (a few dozen images per class against
+    hundreds of test images): then every ceil(test cost / train cost) epochs, so that evaluation stays
+    about half the run's time at most. Deterministic (from the image counts), so a resumed run evaluates
+    on the same epochs; the last epoch is always evaluated, so the final figures are the same either way."""
+    if eval_every is not None:
+        return max(int(eval_every), 1)
+    return max(1, math.ceil(EVAL_COST * info.num_eval / max(info.num_train, 1)))
+
+
+def _slowest(*values: float) -> list[float]:
+    """Every process must take the same decision: the slowest one's timings."""
+    return [float(v) for v in all_reduce(torch.tensor(values, dtype=torch.float64), op="max")]
+
+
+# --------------------------------------------------------------------------------------------------------
+# --time-budget: measured before the run, re-planned during it
+# --------------------------------------------------------------------------------------------------------
+
+
+def measure_budget(budget_s: float, *, model: nn.Module, train_loader: Any, eval_loader: Any, criterion: nn.Module,
+                   mixup_fn: Optional[Any], recipe: Recipe, lr: float, precision: str, device: torch.device,
+                   accum_steps: int, evals_per_epoch: float, updates_per_epoch: int, seed: int,
+                   rank: int) -> tuple[int, str, float]:
+    """Optimizer steps that fit `budget_s`, measured on a few steps of a copy of `model`: (steps, the line
+    that says so, seconds spent measuring). evals_per_epoch: evaluations per epoch (2 with an EMA, divided
+    by the epochs between evaluations)."""
+    t0 = time.perf_counter()
+    set_loader_epoch(train_loader, 0, seed, rank)
+    t_batch, t_eval = time_steps(model, train_loader, eval_loader, criterion=criterion, recipe=recipe, lr=lr,
+                                 precision=precision, device=device, mixup_fn=mixup_fn)
+    probe_s = time.perf_counter() - t0
+    update_s, eval_s = _slowest(t_batch * accum_steps, evals_per_epoch * len(eval_loader) * t_eval)
+    total = plan_updates(budget_s, probe_s=probe_s, update_s=update_s, eval_s=eval_s,
+                         updates_per_epoch=updates_per_epoch)
+    batch = recipe.batch_size
+    note = (f"time budget {budget_s:.0f} s: measured {t_batch * 1e3:.0f} ms per batch of {batch} "
+            f"({batch / max(t_batch, 1e-9):.0f} img/s) and about {eval_s * PLAN_MARGIN:.0f} s per evaluation -> "
+            f"{total} optimizer steps ({total / updates_per_epoch:.2f} epochs)")
+    return total, note, probe_s
+
+
+@dataclass(frozen=True)
+class Replan:
+    """What the budget decided after an epoch: the plan to go on with (the same one when nothing changed),
+    the line that announces a new plan, and why the run stops now (None: it goes on)."""
+
+    plan: Plan
+    said: Optional[str] = None
+    stop: Optional[str] = None
+
+
+def _refit(plan: Plan, total: int, *, epoch: int, steps_done: int, why: str) -> Replan:
+    per_epoch = plan.schedule.updates_per_epoch
+    said = (f"time budget: {why} -> {total} optimizer steps ({total / per_epoch:.2f} epochs) instead of "
+            f"{plan.total_updates}")
+    return Replan(with_total_updates(plan, total, epoch=epoch, steps_done=steps_done), said=said)
+
+
+def after_first_epoch(plan: Plan, budget_s: float, *, epoch: int, epoch_s: float, elapsed_s: float, update_s: float,
+                      overhead_s: float, steps_done: int) -> Replan:
+    """The steps that fit, from the first epoch's real timings (this process's; the slowest one's count)."""
+    elapsed_s, update_s, overhead_s = _slowest(elapsed_s, update_s, overhead_s)
+    total = replan_updates(budget_s, elapsed_s=elapsed_s, update_s=update_s, overhead_s=overhead_s,
+                           steps_done=steps_done, updates_per_epoch=plan.schedule.updates_per_epoch)
+    if total == plan.total_updates:
+        return Replan(plan)
+    return _refit(plan, total, epoch=epoch, steps_done=steps_done, why=f"the first epoch took {epoch_s:.0f} s")
+
+
+def before_next_epoch(plan: Plan, budget_s: float, *, epoch: int, elapsed_s: float, update_times: list[float],
+                      overheads: list[float], steps_done: int) -> Replan:
+    """Whether the run goes on after epoch `epoch`. When the next epoch would overrun the budget, the steps
+    left are first re-planned to fit the time left (the cosine rebuilt to end there): stopping instead would
+    leave the rest of the budget unused and the learning rate not annealed. Only when not one more step fits
+    does the run stop."""
+    per_epoch = plan.schedule.updates_per_epoch
+    elapsed_s, update_s, overhead_s = _slowest(elapsed_s, median(update_times), median(overheads))
+    next_epoch = next_epoch_seconds(remaining_updates=plan.total_updates - steps_done, updates_per_epoch=per_epoch,
+                                    update_times=[update_s], overheads=[overhead_s])
+    if not overruns(budget_s, elapsed_s=elapsed_s, next_epoch_s=next_epoch):
+        return Replan(plan)
+    total = replan_updates(budget_s, elapsed_s=elapsed_s, update_s=update_s, overhead_s=overhead_s,
+                           steps_done=steps_done, updates_per_epoch=per_epoch)
+    if total > steps_done:
+        return _refit(plan, total, epoch=epoch, steps_done=steps_done,
+                      why=f"the next epoch (about {next_epoch:.0f} s) would end after {elapsed_s + next_epoch:.0f} s")
+    return Replan(plan, stop=f"stopped after epoch {epoch + 1} of {plan.epochs}: not one more step fits in the "
+                             f"time budget of {budget_s:.0f} s")

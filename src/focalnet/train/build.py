@@ -1,6 +1,6 @@
 """What a run builds from its configuration: the input it feeds (channels, normalisation, size), the model,
-the loss and Mixup. Each is a function of the configuration, the recipe or the pretrained checkpoint only,
-so a test can build one alone. (The optimizer and the schedule: `focalnet.train.optim`.)
+the loss and Mixup. Each is a function of its arguments alone (the configuration, the recipe, the data's
+info, the pretrained checkpoint; input_plan also looks at a folder's images), so a test can build one alone. (The optimizer and the schedule: `focalnet.train.optim`.)
 
     inputs = input_plan(cfg, recipe, pretrained)     # channels, mean/std, size, crop of the data it feeds
     model = model_for_run(cfg, recipe, info, pretrained)   # a registered variant resized by cfg.arch, or --pretrained
@@ -18,7 +18,6 @@ import torch.nn as nn
 
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
-from ..images import gray_stats
 from .config import TrainConfig, TrainingError
 from .recipes import Recipe
 
@@ -99,29 +98,15 @@ def folder_channels(root: Path, limit: int = _PROBE_IMAGES) -> tuple[int, int, i
 
 
 def pretrained_preprocessing(ckpt: Checkpoint) -> dict:
-    """How the pretrained weights want their input: what the file says (ours), else the registered
-    variant's (the released weights: ImageNet's mean/std, 224 px, crop 0.875, bicubic)."""
-    from ..images import IMAGENET_MEAN, IMAGENET_STD
+    """How the pretrained weights want their input (focalnet.preprocess.resolve_record): what the file says
+    (ours), else the registered variant's (the released weights: ImageNet's mean/std, 224 px, crop 0.875,
+    bicubic). Statistics are tuples, for the channels the file gave them for."""
+    from ..preprocess import resolve_record
     from ..registry import get_spec, list_models
 
-    pre: dict = dict(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), img_size=224, crop_pct=0.875,
-                     interpolation="bicubic")
-    if ckpt.variant in list_models():
-        spec = get_spec(ckpt.variant)
-        pre.update(mean=tuple(spec.mean), std=tuple(spec.std), img_size=spec.published.img_size,
-                   crop_pct=spec.crop_pct, interpolation=spec.interpolation)
-    if ckpt.preprocessing:
-        pre.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt.preprocessing.items()})
-    return pre
-
-
-def _stats_for(mean: tuple, std: tuple, in_chans: int) -> tuple[tuple, tuple]:
-    """mean/std for `in_chans` channels: RGB statistics averaged for gray input, gray ones repeated for RGB."""
-    if len(mean) == in_chans:
-        return tuple(mean), tuple(std)
-    if in_chans == 1:
-        return gray_stats(mean, std)
-    return tuple(mean) * in_chans, tuple(std) * in_chans
+    spec = get_spec(ckpt.variant) if ckpt.variant in list_models() else None
+    pre = resolve_record(spec=spec, saved=ckpt.preprocessing)
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in pre.items()}
 
 
 def input_plan(cfg: TrainConfig, recipe: Recipe, ckpt: Optional[Checkpoint]) -> InputPlan:
@@ -141,8 +126,10 @@ def input_plan(cfg: TrainConfig, recipe: Recipe, ckpt: Optional[Checkpoint]) -> 
         notes.append(f"{seen - gray} of {seen} images looked at are in colour: they are converted to gray (in_chans=1)")
     if ckpt is None:
         return InputPlan(in_chans, None, None, recipe, notes, num)
+    from ..preprocess import stats_for
+
     pre = pretrained_preprocessing(ckpt)
-    mean, std = _stats_for(pre["mean"], pre["std"], in_chans)
+    mean, std = stats_for(pre["mean"], pre["std"], in_chans)
     filled = {k: pre[k] for k in ("img_size", "crop_pct") if getattr(recipe, k) is None and pre.get(k)}
     if cfg.interpolation is None and pre.get("interpolation"):
         filled["interpolation"] = pre["interpolation"]
@@ -176,7 +163,9 @@ def _fmt(values: tuple) -> str:
 def run_preprocessing(info: Any, recipe: Recipe) -> dict:
     """What every file a run writes carries about its input (the evaluation transform of the run): mean,
     std, image size, crop fraction and interpolation. In-memory data sets are fed whole (crop 1.0)."""
-    crop = 1.0 if info.kind == "tensor" else (recipe.crop_pct if recipe.crop_pct is not None else 0.875)
+    from ..preprocess import DEFAULT_CROP_PCT
+
+    crop = 1.0 if info.kind == "tensor" else (recipe.crop_pct if recipe.crop_pct is not None else DEFAULT_CROP_PCT)
     return dict(mean=list(info.mean), std=list(info.std), img_size=int(recipe.img_size or info.img_size),
                 crop_pct=float(crop), interpolation=recipe.interpolation)
 

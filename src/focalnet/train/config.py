@@ -13,13 +13,14 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..datasets import builtin_dataset
 from ..errors import FocalNetError
+from ..precision import PRECISIONS, PrecisionError, precision_name
 from ..utils import atomic_write
 from .data import DEFAULT_CROP_PCT, pad_for
-from .recipes import Recipe, get_recipe, list_recipes, recipe_fields
+from .recipes import Recipe, at_least, get_recipe, list_recipes, recipe_fields, setting
 
 __all__ = [
     "TrainConfig",
@@ -39,91 +40,98 @@ class TrainingError(FocalNetError, ValueError):
     """A configuration or a situation the user can fix; the message says how."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A field with its --help text (and recipe=True for the fields a recipe fills in)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=dict(help=help, **kw))
-    return field(default=default, metadata=dict(help=help, **kw))
+def with_recipe_fields(after: str, recipe: type = Recipe) -> Callable[[type], type]:
+    """Insert a field for every field of `recipe` (focalnet.train.recipes.Recipe, the one table: default None,
+    i.e. 'the recipe's'; the help, range and choices are the Recipe's) into a class about to become a
+    dataclass, after its field `after`: a recipe field added there is a flag, a YAML key and a TrainConfig
+    field at once."""
+
+    def insert(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        hints = typing.get_type_hints(recipe)
+        added = {}
+        names = recipe_fields(recipe)
+        for f in dataclasses.fields(recipe):
+            if f.name not in names:
+                continue
+            base = _base_type(hints[f.name])
+            added[f.name] = Optional[list if base is tuple else base]  # YAML and the flags give a list
+            setattr(cls, f.name, field(default=None, metadata={**f.metadata, "recipe": True}))
+        order = list(own)
+        at = order.index(after) + 1
+        cls.__annotations__ = {**{n: own[n] for n in order[:at]}, **added, **{n: own[n] for n in order[at:]}}
+        return cls
+
+    return insert
+
+
+def _base_type(tp: Any) -> Any:
+    """`float` for Optional[float]; the type itself otherwise."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+_f = setting  # a field with its --help text, range and choices: the same maker as the Recipe's
 
 
 @dataclass
+@with_recipe_fields(after="recipe")
 class TrainConfig:
     """Everything a run needs; each field is a `focalnet train` flag (underscores become dashes) and a key
-    of its YAML config. Recipe fields left at None take the recipe's value."""
+    of its YAML config. The recipe fields (lr, epochs, mixup, ...) are not written here: every field of
+    `Recipe` is inserted after `recipe`, left at None (the recipe's value) unless given."""
 
     # data
-    data: str = _f("fashion-mnist", "'fashion-mnist', 'digits', or a folder with train/CLASS/*.jpg and val/CLASS/*.jpg")
+    data: str = _f("fashion-mnist", "'fashion-mnist', 'digits', or a folder with train/CLASS/*.jpg and val/CLASS/*.jpg",
+                   nonempty=True)
     data_dir: Optional[str] = _f(None, "where Fashion-MNIST's IDX files are (default: the usual places, then download)")
     download: bool = _f(True, "download Fashion-MNIST with torchvision when it is not on disk")
-    limit_train: Optional[int] = _f(None, "use only N training images (quick trials)")
-    limit_eval: Optional[int] = _f(None, "evaluate on only the first N test images (quick trials)")
+    limit_train: Optional[int] = _f(None, "use only N training images (quick trials)", check=at_least(1))
+    limit_eval: Optional[int] = _f(None, "evaluate on only the first N test images (quick trials)", check=at_least(1))
     skip_bad_images: bool = _f(False, "skip unreadable images (counted and reported) instead of stopping at the first")
-    workers: int = _f(0, "data-loading worker processes per training process (0: load in the training process)")
+    workers: int = _f(0, "data-loading worker processes per training process (0: load in the training process)",
+                      check=at_least(0))
     # model
     model: Optional[str] = _f(None, "registered variant (default focalnet_tiny_srf; with --pretrained and no --model: the file's architecture)")
     arch: dict = _f({}, "architecture overrides, KEY=VALUE, e.g. embed_dim=32 depths=[2,2,2] patch_size=2")
     pretrained: Optional[str] = _f(None, "start from these weights: a file in any checkpoint layout (ours, the authors', "
                                          "timm, Hugging Face) or a registered model name for its released weights")
     reset_head: bool = _f(False, "with --pretrained: a fresh classifier for the data's classes")
-    in_chans: Optional[int] = _f(None, "input channels (default: the data's; 1 for Fashion-MNIST and digits)")
-    # recipe
+    in_chans: Optional[int] = _f(None, "input channels (default: the data's; 1 for Fashion-MNIST and digits)",
+                                 check=at_least(1))
+    # recipe (then every Recipe field: see with_recipe_fields)
     recipe: str = _f("auto", "named recipe: 'imagenet' (the paper's), 'small' (28 px / 8 px data), 'finetune' "
                              "(from pretrained weights); auto: finetune with --pretrained, else small for "
-                             "Fashion-MNIST and digits, imagenet for folders")
-    epochs: Optional[int] = _f(None, "epochs (default: the recipe's, or what fits --time-budget)", recipe=True)
-    batch_size: Optional[int] = _f(None, "images per process and step", recipe=True)
-    opt: Optional[str] = _f(None, "optimizer, any of timm's (adamw)", recipe=True)
-    lr: Optional[float] = _f(None, "peak learning rate, absolute (as timm's --lr; default: the recipe's, else "
-                                   "--base-lr x global batch / 1024)", recipe=True)
-    base_lr: Optional[float] = _f(None, "learning rate per 1024 images, scaled by the global batch / 1024 (the "
-                                        "paper's convention; used when --lr is not given)", recipe=True)
-    warmup_lr: Optional[float] = _f(None, "warm-up start lr per 1024 images (its ratio to --base-lr is kept)", recipe=True)
-    min_lr: Optional[float] = _f(None, "final lr of the cosine per 1024 images (its ratio to --base-lr is kept)", recipe=True)
-    layer_decay: Optional[float] = _f(None, "layer-wise lr decay per block from the head down (timm's "
-                                            "param_groups_layer_decay; 1: off; finetune: 0.75)", recipe=True)
-    weight_decay: Optional[float] = _f(None, "AdamW weight decay (on weights; not on norms, biases, layer scales)", recipe=True)
-    warmup_epochs: Optional[float] = _f(None, "linear warm-up epochs (finetune: 5% of the run's steps)", recipe=True)
-    clip_grad: Optional[float] = _f(None, "max gradient norm (0: no clipping)", recipe=True)
-    smoothing: Optional[float] = _f(None, "label smoothing", recipe=True)
-    drop_path: Optional[float] = _f(None, "stochastic depth (default: the recipe's, else the variant's)", recipe=True)
-    img_size: Optional[int] = _f(None, "training / evaluation size (default: 224 for folders, native for tensors)", recipe=True)
-    train_crop: Optional[str] = _f(None, "'random_resized' or 'pad'", recipe=True)
-    pad: Optional[int] = _f(None, "padding of the 'pad' crop (default: img_size // 14; 0: no random shift)", recipe=True)
-    hflip: Optional[float] = _f(None, "horizontal flip probability", recipe=True)
-    auto_augment: Optional[str] = _f(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)", recipe=True)
-    color_jitter: Optional[float] = _f(None, "color jitter", recipe=True)
-    reprob: Optional[float] = _f(None, "random erasing probability", recipe=True)
-    remode: Optional[str] = _f(None, "random erasing mode", recipe=True)
-    mixup: Optional[float] = _f(None, "Mixup alpha (0: off)", recipe=True)
-    cutmix: Optional[float] = _f(None, "CutMix alpha (0: off)", recipe=True)
-    mixup_prob: Optional[float] = _f(None, "probability of Mixup/CutMix per batch", recipe=True)
-    mixup_switch_prob: Optional[float] = _f(None, "probability of CutMix instead of Mixup", recipe=True)
-    crop_pct: Optional[float] = _f(None, "evaluation center-crop ratio (0.875: resize to 256/224 of the crop)", recipe=True)
-    interpolation: Optional[str] = _f(None, "resize interpolation", recipe=True)
-    accum_steps: int = _f(1, "gradient accumulation: batches per optimizer step")
-    amp: str = _f("none", "autocast: none, bf16 (CPU and GPU) or fp16 (GPU, with a GradScaler)")
+                             "Fashion-MNIST and digits, imagenet for folders",
+                     choices=lambda: ("auto", *list_recipes()))
+    accum_steps: int = _f(1, "gradient accumulation: batches per optimizer step", check=at_least(1))
+    precision: str = _f("fp32", "fp32, bf16 (autocast; CPU and GPU) or fp16 (autocast with a GradScaler; GPU); "
+                                "the old --amp none|bf16|fp16 is still read", choices=lambda: PRECISIONS)
     ema: bool = _f(False, "keep an exponential moving average of the weights (timm's ModelEmaV3) and evaluate it")
-    ema_decay: float = _f(0.9998, "EMA decay")
+    ema_decay: float = _f(0.9998, "EMA decay", check=at_least(0, hi=1, hi_strict=True))
     # run
-    output: str = _f("runs/focalnet", "output folder")
+    output: str = _f("runs/focalnet", "output folder", nonempty=True)
     resume: Optional[str] = _f(None, "continue the run in this folder (or from this checkpoints/last.pth); beside it, "
                                      "--lr/--base-lr/--epochs/--time-budget/--eval-every/--skip-bad-images may "
                                      "change (announced) and runtime flags (--workers, --device, ...); any other "
                                      "flag that differs is refused")
     overwrite: bool = _f(False, "start over in an --output folder that already holds a run")
-    seed: int = _f(0, "random seed")
+    seed: int = _f(0, "random seed", check=at_least(0))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact --resume on the CPU)")
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N", nonempty=True)
     time_budget: Optional[float] = _f(None, "seconds of training: the optimizer steps are chosen to fit (measured on "
                                             "the first steps, re-planned after the first epoch; the last epoch may "
-                                            "be partial; re-planned again before an epoch that would overrun)")
+                                            "be partial; re-planned again before an epoch that would overrun)",
+                                      check=at_least(0, strict=True))
     eval_every: Optional[int] = _f(None, "evaluate every N epochs and after the last (default: every epoch, or every "
-                                         "few when an epoch is so short that evaluating would cost more than training)")
+                                         "few when an epoch is so short that evaluating would cost more than training)",
+                                   check=at_least(1))
     tensorboard: bool = _f(False, "write TensorBoard logs to OUTPUT/tensorboard")
-    progress: str = _f("auto", "progress bars: auto (when stderr is a terminal), on, off")
+    progress: str = _f("auto", "progress bars: auto (when stderr is a terminal), on, off",
+                       choices=lambda: ("auto", "on", "off"))
     compile: str = _f("auto", "torch.compile the training step (inductor): auto (on for CUDA; off on the CPU, where "
-                              "it did not pay: docs/speed.md), on, off")
-    threads: Optional[int] = _f(None, "intra-op CPU threads per process (default: PyTorch's)")
+                              "it did not pay: docs/speed.md), on, off", choices=lambda: ("auto", "on", "off"))
+    threads: Optional[int] = _f(None, "intra-op CPU threads per process (default: PyTorch's)", check=at_least(1))
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:
@@ -132,7 +140,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in cls.fields()}
-        norm = {k.replace("-", "_"): v for k, v in d.items()}
+        norm = renamed_keys({k.replace("-", "_"): v for k, v in d.items()})
         if isinstance(norm.get("compile"), bool):  # before --compile took auto/on/off: true/false (old config.yaml)
             norm["compile"] = "on" if norm["compile"] else "off"
         unknown = sorted(set(norm) - names)
@@ -161,7 +169,33 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset({"workers", "resume", "device", "tensorboard", "progress", "data_dir", "download", "threads",
                             "compile"})
 RESUME_CHANGES = frozenset({"lr", "base_lr", "epochs", "time_budget", "eval_every", "skip_bad_images"})
-AMP_MODES = ("none", "bf16", "fp16")
+# keys an earlier version took (and wrote into config.yaml), read as the key that replaced them
+OLD_KEYS = {"amp": "precision"}  # --amp none|bf16|fp16 -> --precision fp32|bf16|fp16
+
+
+def renamed_keys(values: dict) -> dict:
+    """`values` with every old key (OLD_KEYS) under its new name, and a precision in the project's spelling
+    (`bfloat16`, `none` -> bf16, fp32). Both the old and the new key, saying different things, are refused."""
+    out = dict(values)
+    for old, new in OLD_KEYS.items():
+        if old in out:
+            value = _precision(old, out.pop(old))
+            if new in out and _precision(new, out[new]) != value:
+                raise TrainingError(f"{_flag(old)} {value!r} and {_flag(new)} {out[new]!r} disagree: give only "
+                                    f"{_flag(new)}")
+            out[new] = value
+    if "precision" in out:
+        out["precision"] = _precision("precision", out["precision"])
+    return out
+
+
+def _precision(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # validate_config names the wrong type
+    try:
+        return precision_name(value)
+    except PrecisionError as e:
+        raise TrainingError(f"{_key(key)}: {e}") from None
 
 
 def config_field_types() -> dict[str, Any]:
@@ -172,13 +206,10 @@ def config_field_types() -> dict[str, Any]:
 def load_yaml_config(path: str) -> dict:
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"config file {path} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TrainingError(f"{path} is not valid YAML: {e}") from None
+    from ..safeio import read_yaml
+
+    # regular file, bounded size, depth and alias expansion; the message never shows the expanded value
+    d = read_yaml(path, "config file", TrainingError) or {}
     if not isinstance(d, dict):
         raise TrainingError(f"{path} must hold a mapping of flags to values, got {type(d).__name__}")
     return d
@@ -202,7 +233,7 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     name = cfg.recipe
     if name == "auto":
         name = "finetune" if cfg.pretrained else "small" if builtin_dataset(cfg.data) else "imagenet"
-    overrides = {k: getattr(cfg, k) for k in recipe_fields() if hasattr(cfg, k) and getattr(cfg, k) is not None}
+    overrides = {k: getattr(cfg, k) for k in recipe_fields() if getattr(cfg, k) is not None}
     # --base-lr alone: the rate scales with the batch, also in a recipe with an absolute lr (finetune)
     recipe_lr_reset = "base_lr" in overrides and "lr" not in overrides
     if overrides.get("auto_augment") in ("none", "None", ""):
@@ -221,8 +252,8 @@ def resolved_config(cfg: TrainConfig, recipe: Recipe, epochs: int) -> dict:
     """config.yaml: the configuration with every recipe value filled in, ready to start the same run again."""
     d = cfg.to_dict()
     for k in recipe_fields():
-        if k in d:
-            d[k] = getattr(recipe, k)
+        value = getattr(recipe, k)
+        d[k] = list(value) if isinstance(value, tuple) else value  # YAML writes lists, not tuples
     d["epochs"] = epochs
     d["recipe"] = recipe.name
     d["resume"] = None
@@ -292,7 +323,7 @@ def _upgrade_saved(saved: dict) -> tuple[dict, list[str]]:
       'off' (the recipe's value had been filled in), not 'the recipe's';
     - before --lr became absolute (timm's meaning), `lr` was per 1024 images and no `base_lr` was saved:
       it is the base rate, so the resumed run keeps the rate it trained at."""
-    saved, notes = dict(saved), []
+    saved, notes = renamed_keys(saved), []
     if "clip_grad" in saved and saved["clip_grad"] is None:
         saved["clip_grad"] = 0.0
     if "auto_augment" in saved and saved["auto_augment"] is None:
@@ -317,51 +348,25 @@ def progress_on(setting: str) -> bool:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _at_least(lo: float, *, strict: bool = False, hi: Optional[float] = None, hi_strict: bool = False) -> tuple:
-    lo_text = f"> {lo}" if strict else f">= {lo}"
-    hi_text = "" if hi is None else (f" and < {hi}" if hi_strict else f" and <= {hi}")
-
-    def ok(v: float) -> bool:
-        return (v > lo if strict else v >= lo) and (hi is None or (v < hi if hi_strict else v <= hi))
-
-    return ok, lo_text + hi_text
-
-
-_FRACTION = _at_least(0, hi=1)  # a probability
-_RANGES: dict[str, tuple] = dict(
-    limit_train=_at_least(1), limit_eval=_at_least(1), workers=_at_least(0), in_chans=_at_least(1),
-    epochs=_at_least(1), batch_size=_at_least(1), lr=_at_least(0, strict=True), base_lr=_at_least(0, strict=True),
-    layer_decay=_at_least(0, strict=True, hi=1), warmup_lr=_at_least(0),
-    min_lr=_at_least(0), weight_decay=_at_least(0), warmup_epochs=_at_least(0), clip_grad=_at_least(0),
-    smoothing=_at_least(0, hi=1, hi_strict=True), drop_path=_at_least(0, hi=1, hi_strict=True),
-    img_size=_at_least(1), pad=_at_least(0), hflip=_FRACTION, color_jitter=_at_least(0), reprob=_FRACTION,
-    mixup=_at_least(0), cutmix=_at_least(0), mixup_prob=_FRACTION, mixup_switch_prob=_FRACTION,
-    crop_pct=_at_least(0, strict=True, hi=1), accum_steps=_at_least(1), ema_decay=_at_least(0, hi=1, hi_strict=True),
-    seed=_at_least(0), time_budget=_at_least(0, strict=True), eval_every=_at_least(1), threads=_at_least(1),
-)
-_CHOICES: dict[str, Any] = dict(
-    amp=lambda: AMP_MODES, progress=lambda: ("auto", "on", "off"), compile=lambda: ("auto", "on", "off"),
-    train_crop=lambda: ("random_resized", "pad"),
-    remode=lambda: ("pixel", "rand", "const"), recipe=lambda: ("auto", *list_recipes()),
-    interpolation=lambda: __import__("focalnet.images", fromlist=["INTERPOLATIONS"]).INTERPOLATIONS,
-)
-_NON_EMPTY = ("data", "output", "device", "opt")
-
-
 def _key(name: str) -> str:
     return f"{_flag(name)} (YAML key {name})"
 
 
 def _check_type(name: str, value: Any, tp: Any) -> None:
     """Booleans only from booleans (YAML's true/false, yes/no unquoted; the flags --x/--no-x); integers
-    from integers; numbers from integers or floats, finite; text from strings."""
+    from integers; numbers from integers or floats, finite; text from strings; a list: of numbers."""
     import math
 
-    base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    base = base[0]
+    base = _base_type(tp)
     if value is None:
         if tp is base:  # not Optional
             raise TrainingError(f"{_key(name)} needs a value, got nothing (null)")
+        return
+    if base is list:
+        if not isinstance(value, (list, tuple)):
+            raise TrainingError(f"{_key(name)} must be a list of numbers, got {type(value).__name__} {value!r}")
+        for item in value:
+            _check_type(name, item, float)
         return
     wrong = (
         (base is bool and not isinstance(value, bool))
@@ -378,20 +383,47 @@ def _check_type(name: str, value: Any, tp: Any) -> None:
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Raise TrainingError naming the first value of `cfg` that has the wrong type or is out of range."""
+    """Raise TrainingError naming the first value of `cfg` that has the wrong type or is out of range: the
+    range, choices and length of each field are in its metadata (`setting`), a recipe field's in the Recipe."""
     types = _field_types()
     for f in TrainConfig.fields():
         value = getattr(cfg, f.name)
         _check_type(f.name, value, types[f.name])
         if value is None:
             continue
-        if f.name in _RANGES and not _RANGES[f.name][0](value):
-            raise TrainingError(f"{_key(f.name)} must be {_RANGES[f.name][1]}, got {value!r}")
-        if f.name in _CHOICES and value not in _CHOICES[f.name]():
-            raise TrainingError(f"{_key(f.name)} must be one of {', '.join(_CHOICES[f.name]())}, got {value!r}")
-        if f.name in _NON_EMPTY and not value.strip():
+        meta = f.metadata
+        length = meta.get("length")
+        if length is not None and len(value) != length:
+            raise TrainingError(f"{_key(f.name)} takes {length} values, got {list(value)!r}")
+        check = meta.get("check")
+        if check is not None and not all(check[0](v) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            raise TrainingError(f"{_key(f.name)} must be {check[1]}, got {value!r}")
+        choices = meta.get("choices")
+        if choices is not None and value not in choices():
+            raise TrainingError(f"{_key(f.name)} must be one of {', '.join(choices())}, got {value!r}")
+        if meta.get("nonempty") and not value.strip():
             raise TrainingError(f"{_key(f.name)} must not be empty")
     validate_arch(cfg.arch)
+    validate_recipe(resolve_recipe(cfg))  # values given together with the recipe's own
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Raise TrainingError where two recipe values, each in its range, make no sense together. Checked on the
+    recipe a configuration resolves to (`validate_config`) and again once the data has filled in what a
+    recipe leaves to it (`fit_to_data`: the batch, Mixup/CutMix)."""
+    if recipe.min_lr > recipe.base_lr:
+        raise TrainingError(
+            f"--min-lr {recipe.min_lr:g} is above --base-lr {recipe.base_lr:g}: both are per 1024 images and the "
+            f"cosine ends at min_lr / base_lr of the peak rate, so the rate would rise over the run; pass a "
+            f"--min-lr of at most {recipe.base_lr:g}"
+        )
+    mixing = bool(recipe.mixup) or bool(recipe.cutmix)  # None: left to the data, checked once it is filled in
+    if mixing and recipe.batch_size is not None and recipe.batch_size % 2:
+        raise TrainingError(
+            f"--batch-size {recipe.batch_size} with Mixup/CutMix (--mixup {recipe.mixup or 0:g}, --cutmix "
+            f"{recipe.cutmix or 0:g}): they mix pairs of images within a batch, which needs an even batch size; "
+            f"pass --batch-size {recipe.batch_size + 1}, or --mixup 0 --cutmix 0"
+        )
 
 
 _TYPES: dict = {}
@@ -425,3 +457,35 @@ def validate_arch(arch: dict) -> None:
         check_arch_fields(arch)
     except ConversionError as e:
         raise TrainingError(f"--arch: {e}") from None
+
+
+# what makes a run this run: a checkpoint that disagrees with its folder's config.yaml on one of these is
+# another run's (copied in), or config.yaml was edited by hand; either way resuming would mix two runs
+RUN_IDENTITY = ("data", "model", "arch", "in_chans", "pretrained", "seed", "limit_train", "batch_size", "accum_steps")
+
+
+def check_resume_folder(saved: dict, run_dir: Path) -> None:
+    """Refuse to resume from a checkpoint whose saved configuration disagrees with the folder's config.yaml on
+    RUN_IDENTITY (each value compared where both state it): a TrainingError naming the keys and both values."""
+    import json
+
+    from ..safeio import describe, present, read_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not present(path):
+        return
+    folder = read_yaml(path, "the run's configuration", TrainingError)
+    if not isinstance(folder, dict):
+        raise TrainingError(f"{path} must hold a mapping of settings, got {type(folder).__name__}; restore it")
+    folder, saved = renamed_keys(folder), renamed_keys(saved)
+
+    def plain(v: Any) -> Any:  # tuples and lists, as YAML and the checkpoint write them
+        return json.loads(json.dumps(v, default=str))
+
+    wrong = [f"{k}: config.yaml {describe(folder[k])}, the checkpoint {describe(saved[k])}" for k in RUN_IDENTITY
+             if folder.get(k) is not None and saved.get(k) is not None and plain(folder[k]) != plain(saved[k])]
+    if wrong:
+        raise TrainingError(
+            f"the checkpoint is not the run of {run_dir}: {'; '.join(wrong)}. It was copied in from another run, or "
+            "config.yaml was edited; resume the run the checkpoint belongs to, or start a new run"
+        )

@@ -13,15 +13,15 @@ Sources (`data=`):
 
 Grayscale: Fashion-MNIST and digits have one channel and train models built with in_chans=1 (no
 channel copying). Image folders are read as RGB, or as grayscale ('L') when the model has in_chans=1.
-A folder image that cannot be read is never a traceback from a worker: it comes back as a `bad` path
-in the batch, and the training loop stops with that path or, with skip_bad_images, skips and counts it.
+What a folder image that cannot be read becomes (a `bad` path in the batch, never a traceback from a worker),
+and how folders are listed (no folder symlink followed), is `focalnet.train.folders`'s.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,9 +38,11 @@ from ..datasets import (
     load_digits,
     load_fashion_mnist,
 )
-from ..errors import FocalNetError
-from ..images import IMAGENET_MEAN, IMAGENET_STD, gray_stats, interpolation_mode
-from .augment import TransformError, guarded_transform
+from ..images import IMAGENET_MEAN, IMAGENET_STD, check_image_side, gray_stats, interpolation_mode
+from ..preprocess import DEFAULT_CROP_PCT  # the authors' 0.875, defined once
+from ..safeio import printable
+from .augment import guarded_transform
+from .folders import IMAGE_EXTENSIONS, BadImageError, DataError, SafeImageFolder, TensorImages, _class_folders, collate
 from .recipes import Recipe
 
 __all__ = [
@@ -56,19 +58,13 @@ __all__ = [
     "set_loader_epoch",
     "epoch_seed",
     "describe_data",
+    "check_workers",
+    "check_threads",
+    "available_cpus",
 ]
 
-# the authors' evaluation crop (resize to 256/224 of the crop, center crop) when neither recipe nor variant says
-DEFAULT_CROP_PCT = 0.875
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DataError(FocalNetError, ValueError):
-    """Data that cannot be used as asked (class folders, image sizes, channels, crops)."""
-
-
-class BadImageError(FocalNetError, ValueError):
-    """An image file that cannot be read; the message names it and says what to do."""
+# the largest batch a loader is built for: far above what fits in memory at any image size worth training
+MAX_BATCH_SIZE = 2**16
 
 
 @dataclass
@@ -101,112 +97,6 @@ class DataInfo:
         )
 
 
-# --------------------------------------------------------------------------------------------------------
-# Data sets
-# --------------------------------------------------------------------------------------------------------
-
-
-class TensorImages(Dataset):
-    """Images held in memory as uint8 (N, C, H, W) with integer labels; items are (image, label, None)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None) -> None:
-        if images.ndim != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels.long()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, None]:
-        img = self.images[index]
-        if self.transform is not None:
-            img = _apply(self.transform, img, f"image {index} of the in-memory data set")
-        return img, int(self.labels[index]), None
-
-
-class SafeImageFolder(Dataset):
-    """`root/CLASS/*.jpg` with a fixed class list; unreadable files come back as (None, label, path)."""
-
-    def __init__(
-        self,
-        root: os.PathLike,
-        class_names: Optional[Sequence[str]] = None,
-        mode: str = "RGB",
-        transform: Optional[Callable] = None,
-    ) -> None:
-        self.root = Path(root)
-        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        if class_names is None:
-            class_names = found
-        else:
-            extra = sorted(set(found) - set(class_names))
-            if extra:
-                raise DataError(
-                    f"{self.root} has class folders that the training set lacks: {', '.join(extra[:10])}; "
-                    "the evaluation split must use the training classes"
-                )
-        self.class_names = list(class_names)
-        index = {c: i for i, c in enumerate(self.class_names)}
-        self.samples: list[tuple[str, int]] = []
-        for c in found:
-            for dirpath, _, files in sorted(os.walk(self.root / c, followlinks=True)):
-                for f in sorted(files):
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, f), index[c]))
-        counts = np.bincount([label for _, label in self.samples], minlength=len(self.class_names))
-        # class folders without one image: training refuses them, evaluation notes them (build_datasets)
-        self.empty_classes = [c for c in self.class_names if counts[index[c]] == 0]
-        if not self.samples:
-            raise DataUnavailableError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}/CLASS/; expected the layout "
-                "PATH/train/CLASS/*.jpg and PATH/val/CLASS/*.jpg"
-            )
-        self.mode = mode
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int, Optional[str]]:
-        from PIL import Image
-
-        path, label = self.samples[index]
-        try:
-            with open(path, "rb") as f:
-                img = Image.open(f)
-                img = img.convert(self.mode)  # forces the full decode: a truncated file fails here
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            return None, label, f"{path} ({type(e).__name__}: {e})"
-        if self.transform is not None:
-            img = _apply(self.transform, img, path)
-        return img, label, None
-
-
-def _apply(transform: Callable, img: Any, where: str) -> Any:
-    """transform(img); a failure names the image (a readable image that a transform cannot take is a bug,
-    so it keeps its traceback: TransformError is not a FocalNetError)."""
-    try:
-        return transform(img)
-    except TransformError as e:
-        raise TransformError(f"{where}: {e}") from e.__cause__
-    except Exception as e:
-        raise TransformError(f"{where}: the transform {transform!r} raised {type(e).__name__}: {e}") from e
-
-
-def collate(batch: Sequence[tuple]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], list[str]]:
-    """Stack the readable items; return (images, labels, paths of the unreadable ones)."""
-    good = [b for b in batch if b[0] is not None]
-    bad = [b[2] for b in batch if b[0] is None]
-    if not good:
-        return None, None, bad
-    x = torch.stack([b[0] for b in good])
-    y = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return x, y, bad
-
 
 # --------------------------------------------------------------------------------------------------------
 # Transforms
@@ -238,9 +128,7 @@ def _split_transform(info: DataInfo, recipe: Recipe, *, training: bool, img_size
     from torchvision.transforms import v2
 
     interpolation = interpolation_mode(recipe.interpolation)  # an unknown name fails here, for every split
-    size = img_size or recipe.img_size or info.img_size
-    if size is None:
-        raise DataError(f"{info.name}: images have no fixed size; pass --img-size")
+    size = _size(info, recipe, img_size)
     hflip = recipe.hflip if info.hflip_ok else 0.0
     native = info.img_size
     crop_pct = recipe.crop_pct if recipe.crop_pct is not None else DEFAULT_CROP_PCT
@@ -289,6 +177,20 @@ def _split_transform(info: DataInfo, recipe: Recipe, *, training: bool, img_size
     if erase is not None:
         steps.append(erase)
     return v2.Compose(steps)
+
+
+def _size(info: DataInfo, recipe: Recipe, img_size: Optional[int]) -> int:
+    """The side images are trained and evaluated at, within the image-side cap (checked before any resize)."""
+    size = img_size or recipe.img_size or info.img_size
+    if size is None:
+        raise DataError(f"{info.name}: images have no fixed size; pass --img-size")
+    return check_image_side(size, "--img-size")
+
+
+def _eval_short_side(info: DataInfo, recipe: Recipe, img_size: Optional[int]) -> int:
+    """The shorter side of an evaluation image after timm's resize (img_size / crop_pct, rounded down)."""
+    crop_pct = recipe.crop_pct if recipe.crop_pct is not None else DEFAULT_CROP_PCT
+    return int(_size(info, recipe, img_size) / crop_pct)
 
 
 def pad_for(recipe: Recipe, size: int) -> int:
@@ -371,9 +273,12 @@ def describe_data(
             raise DataUnavailableError(f"{root} has train/ but no val/ (or test/) folder to evaluate on")
         # class indices follow the training folders (evaluation alone: the evaluation folders)
         class_root = root / "train" if has_train else root / eval_split
-        class_names = sorted(d.name for d in class_root.iterdir() if d.is_dir())
+        class_names, _ = _class_folders(class_root)
         if not class_names:
-            raise DataUnavailableError(f"{class_root} has no class folders")
+            raise DataUnavailableError(f"{class_root} has no class folders (folder symlinks are not followed)")
+        if need_train and len(class_names) < 2:
+            raise DataError(f"{class_root} has one class folder ({printable(class_names[0])!s}): a classifier needs at "
+                            "least two classes to learn anything; add the other classes' folders")
         chans = in_chans or 3
         m, s = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else gray_stats(IMAGENET_MEAN, IMAGENET_STD)
         info = DataInfo(root.name, class_names, chans, None, m, s, "folder", eval_split=eval_split, source=str(root))
@@ -425,7 +330,11 @@ def build_datasets(
         if need_train:
             train_set = SafeImageFolder(splits["train"], info.class_names, mode, train_tf)
             _refuse_empty_classes(train_set)
-        eval_set = SafeImageFolder(splits[info.eval_split], info.class_names, mode, eval_tf)
+        eval_set = SafeImageFolder(splits[info.eval_split], info.class_names, mode, eval_tf,
+                                   resize_short=_eval_short_side(info, recipe, img_size))
+        links = eval_set.skipped_links + (train_set.skipped_links if train_set is not None else 0)
+        if links:
+            info.notes.append(f"{links} folder symlink(s) in {info.source} not followed (no loops, no image counted twice)")
         if eval_set.empty_classes:
             info.notes.append(f"{len(eval_set.empty_classes)} class(es) have no {info.eval_split} images and are not "
                               f"evaluated: {', '.join(map(repr, eval_set.empty_classes[:10]))}")
@@ -444,7 +353,7 @@ def _refuse_empty_classes(train_set: "SafeImageFolder") -> None:
     if empty:
         raise DataError(
             f"{len(empty)} class folder(s) under {train_set.root} hold no images ({', '.join(IMAGE_EXTENSIONS)}): "
-            f"{', '.join(map(repr, empty[:10]))}; add images or remove the folder(s)"
+            f"{printable(', '.join(map(repr, empty[:10])))}; add images or remove the folder(s)"
         )
 
 
@@ -479,6 +388,9 @@ def build_loader(
     path), evaluation shards in order. Workers are not persistent, so that each epoch's worker seeds
     come from the loader's generator, which `set_loader_epoch` reseeds: a resumed run sees the same
     augmentations as an uninterrupted one."""
+    check_workers(workers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise DataError(f"--batch-size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
     if training:
         sampler: Sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
@@ -496,6 +408,32 @@ def build_loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: object) -> int:
+    """`workers` if it is a whole number from 0 to the CPUs available: each worker is a process holding a copy
+    of the data set's state, and more of them than CPUs only costs memory (PyTorch warns past that too)."""
+    cpus = available_cpus()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= cpus:
+        raise DataError(f"--workers must be a whole number from 0 to {cpus} (the CPUs available here), got {workers!r}")
+    return workers
+
+
+def check_threads(threads: object) -> int:
+    """`threads` if it is a whole number from 1 to the CPUs available (more intra-op threads than CPUs only
+    contend with each other)."""
+    cpus = available_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+        raise DataError(f"--threads must be a whole number from 1 to {cpus} (the CPUs available here), got {threads!r}")
+    return threads
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, seed: int, rank: int = 0) -> None:

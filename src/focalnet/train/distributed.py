@@ -59,7 +59,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from ..utils import check_device
+
+    dev = check_device(device)  # a name torch parses, for a device this machine has: else one line
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainingError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")

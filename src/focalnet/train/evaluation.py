@@ -8,6 +8,8 @@ set's normalisation and the EMA weights, all come from that one read.
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +18,7 @@ import torch.nn as nn
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
 from ..registry import describe_arch
-from ..utils import atomic_json, make_output_dir
+from ..utils import atomic_json, check_output, make_output_dir
 from . import artifacts
 from .build import check_classes
 from .config import TrainingError, progress_on
@@ -50,6 +52,7 @@ def evaluate_checkpoint(
     skip_bad_images: bool = False,
     output: Optional[str] = None,
     progress: str = "auto",
+    overwrite: bool = False,
 ) -> dict:
     """Top-1 / top-5 / per-class accuracy and the confusion matrix of a checkpoint (any layout) on the
     evaluation split of `data`. A training checkpoint of ours brings its normalisation and image size;
@@ -57,6 +60,8 @@ def evaluate_checkpoint(
     crop; crop_pct defaults to the variant's 0.875). A checkpoint with the authors' 21842-class
     ImageNet-22K head evaluated on 1000-class data uses the reordered ImageNet-1K rows of its head."""
     _check_eval_args(limit=limit, batch_size=batch_size, workers=workers, img_size=img_size, crop_pct=crop_pct)
+    if output:  # an earlier evaluation's eval.json is replaced only when asked (overwrite=True, CLI --force)
+        check_output(Path(output) / "eval.json", overwrite=overwrite)
     env = init_distributed(device)
     try:
         ckpt = read_checkpoint(checkpoint)
@@ -81,8 +86,11 @@ def evaluate_checkpoint(
         model.to(env.device)
         loader = build_loader(eval_set, batch_size=batch_size, training=False, workers=workers, rank=env.rank,
                               world_size=env.world_size, pin_memory=env.device.type == "cuda")
-        result = evaluate(model, loader, device=env.device, num_classes=info.num_classes, amp=amp,
+        result = evaluate(model, loader, device=env.device, num_classes=info.num_classes, precision=amp,
                           skip_bad_images=skip_bad_images, progress=progress_on(progress) and env.is_main)
+        if not math.isfinite(result["loss"]):  # NaN outputs would be counted as class 0: a silent 1/classes top-1
+            raise TrainingError(f"{checkpoint}: the model's outputs are not finite (NaN or infinite) on the evaluation "
+                                "images, so no accuracy is reported; its weights are damaged (`focalnet verify` says more)")
         sliced = ckpt.num_classes == 21842 and info.num_classes == 1000
         result.update(checkpoint=str(checkpoint), data=info.name, kind=info.kind, split=info.eval_split,
                       class_names=info.class_names, model=model_name or describe_arch(model, ckpt.variant), weights=weights, img_size=recipe.img_size,
@@ -124,15 +132,17 @@ def _data_name(data: str) -> str:
 
 def _eval_recipe(info: DataInfo, name: Optional[str], saved_cfg: dict, *, img_size: Optional[int],
                  crop_pct: Optional[float], interpolation: Optional[str]) -> Recipe:
-    """The evaluation transform: what was asked, else what the run was trained with, else the variant's."""
+    """The evaluation transform (focalnet.preprocess.resolve_record): what was asked, else what the run was
+    trained with, else the variant's crop and interpolation; the size of an in-memory data set is its own."""
+    from ..preprocess import DEFAULT_IMG_SIZE, resolve_record
     from ..registry import get_spec, list_models
 
-    size = img_size or saved_cfg.get("img_size") or (info.img_size if info.kind == "tensor" else 224)
-    default_crop = get_spec(name).crop_pct if name in list_models() else 0.875
+    size = img_size or saved_cfg.get("img_size") or (info.img_size if info.kind == "tensor" else DEFAULT_IMG_SIZE)
+    saved = {k: saved_cfg.get(k) or None for k in ("crop_pct", "interpolation")}  # an empty value says nothing
+    pre = resolve_record(spec=get_spec(name) if name in list_models() else None, saved=saved,
+                         img_size=size, crop_pct=crop_pct, interpolation=interpolation)
     return get_recipe("small" if info.kind == "tensor" else "imagenet").replace(
-        img_size=size, crop_pct=crop_pct if crop_pct is not None else (saved_cfg.get("crop_pct") or default_crop),
-        interpolation=interpolation or saved_cfg.get("interpolation") or "bicubic",
-    )
+        img_size=pre["img_size"], crop_pct=pre["crop_pct"], interpolation=pre["interpolation"])
 
 
 def _checkpoint_model(ckpt: Checkpoint, state: dict, *, model_name: Optional[str], num_classes: int,

@@ -17,26 +17,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FocalNetError
-from .config import AMP_MODES, TrainingError
+from ..precision import parse_precision, precision_name
+from .config import TrainingError
 from .data import BadImageError
 from .distributed import all_reduce, unwrap_model, world_size
 
-__all__ = ["AMP_MODES", "autocast", "train_one_epoch", "evaluate", "NonFiniteLossError"]
+__all__ = ["autocast", "train_one_epoch", "evaluate", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FocalNetError, RuntimeError):
     """The loss became NaN or infinite; the message says at which step and where the last good checkpoint is."""
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or GPU, fp16 on GPU only (with a GradScaler), or nothing."""
-    if amp not in AMP_MODES:
-        raise TrainingError(f"unknown --amp {amp!r}; choose one of {', '.join(AMP_MODES)}")
-    if amp == "none":
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or GPU, fp16 on GPU only (with a GradScaler), or nothing (fp32). `precision` is
+    spelled as focalnet.precision says (fp32, bf16, fp16; the old none/bfloat16/float16 read alike)."""
+    name = precision_name(precision)
+    if name == "fp32":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise TrainingError("--amp fp16 needs a CUDA GPU (float16 autocast with a GradScaler); use --amp bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if name == "fp16" and device.type != "cuda":
+        raise TrainingError("--precision fp16 needs a CUDA GPU (float16 autocast with a GradScaler); use "
+                            "--precision bf16 on the CPU")
+    return torch.autocast(device.type, dtype=parse_precision(name))
 
 
 def _count_bad(bad: list[str], skip_bad_images: bool) -> int:
@@ -81,7 +83,7 @@ def _non_finite(value: torch.Tensor, where: str, last_good_checkpoint: Optional[
             else "no checkpoint had been written yet")
     return NonFiniteLossError(
         f"the loss became {value.item()} at {where}; stopped before updating the weights, {keep}. "
-        "Lower the learning rate, keep --clip-grad on, try --amp none, check the data for NaN values"
+        "Lower the learning rate, keep --clip-grad on, try --precision fp32, check the data for NaN values"
     )
 
 
@@ -142,7 +144,7 @@ def train_one_epoch(
     scheduler: Any = None,
     global_step: int = 0,
     mixup_fn: Optional[Callable] = None,
-    amp: str = "none",
+    precision: str = "fp32",
     scaler: Optional[torch.amp.GradScaler] = None,
     accum_steps: int = 1,
     clip_grad: Optional[float] = None,
@@ -182,7 +184,7 @@ def train_one_epoch(
         x, y = batch
         update = (i + 1) % accum_steps == 0 or i + 1 == n_batches
         with model.no_sync() if is_ddp and not update else contextlib.nullcontext():
-            with autocast(device, amp):
+            with autocast(device, precision):
                 loss = criterion(model(x), y)
             value = all_reduce(loss.detach().float().clone()) / world
             if not torch.isfinite(value):
@@ -223,7 +225,7 @@ def evaluate(
     *,
     device: torch.device,
     num_classes: int,
-    amp: str = "none",
+    precision: str = "fp32",
     skip_bad_images: bool = False,
     progress: bool = False,
     desc: str = "eval",
@@ -244,7 +246,7 @@ def evaluate(
             continue
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, precision):
             logits = model(x)
         logits = logits.float()
         if logits.shape[1] != C:

@@ -27,8 +27,8 @@ import torch.nn as nn
 
 from .recipes import Recipe
 
-__all__ = ["run_lr", "scaled_lr", "build_optimizer", "build_scheduler", "warmup_steps", "WARMUP_FRACTION",
-           "MAX_WARMUP_WARNING"]
+__all__ = ["run_lr", "scaled_lr", "build_optimizer", "build_scheduler", "warmup_steps", "not_learning",
+           "WARMUP_FRACTION", "MAX_WARMUP_WARNING"]
 
 log = logging.getLogger("focalnet")
 
@@ -102,3 +102,36 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, *, epochs:
         cycle_limit=1,
         t_in_epochs=False,
     )
+
+
+# a run is "stuck" when, after the warm-up and at least this many optimizer steps, its training loss is
+# at chance level (within 10% of ln(classes), or far above it) and its test top-1 under 1.5x chance
+DIVERGENCE_STEPS = 30
+
+
+def not_learning(record: dict, *, history: list, num_classes: int, lr: float, global_step: int,
+                 warmup: int) -> Optional[str]:
+    """The warning for a run that learns nothing after epoch `record` (None: it learns). The learning rate
+    is almost always wrong, and the warning says which way (a loss far above chance: too high; at chance
+    with a small lr: too low). history: the epochs' records so far, `record` included."""
+    if num_classes < 2:
+        return None
+    chance_loss, chance_top1, loss = math.log(num_classes), 100.0 / num_classes, record["train_loss"]
+    if loss < 0.9 * chance_loss or record.get("test_top1", 0.0) >= 1.5 * chance_top1:
+        return None
+    # never while the loss is falling fast; before the warm-up and DIVERGENCE_STEPS steps are done, only a
+    # loss far above chance with a test top-1 at chance counts (a fresh head on pretrained features may start
+    # above chance, and an epoch not evaluated has no top-1 to show)
+    falling = len(history) > 1 and loss < 0.8 * history[0]["train_loss"]
+    exploded = "test_top1" in record and loss >= 1.5 * chance_loss
+    if falling or (global_step < max(DIVERGENCE_STEPS, warmup) and not exploded):
+        return None
+    if loss >= 1.5 * chance_loss or lr >= 0.05:
+        hint = f"the learning rate {lr:.3g} is too high: try --lr {lr / 10:.3g}"
+    else:
+        hint = (f"the learning rate {lr:.3g} is probably too low (--lr is absolute, as in timm) or the warm-up too "
+                f"long: try --lr {lr * 10:.3g}")
+    test = f", test top-1 {record['test_top1']:.1f}% (chance {chance_top1:.1f}%)" if "test_top1" in record else ""
+    return (f"the run is not learning: after {global_step} optimizer steps the training loss {loss:.3f} is "
+            f"{'far above' if loss >= 1.5 * chance_loss else 'at'} chance level (ln {num_classes} = "
+            f"{chance_loss:.3f}){test}; {hint} (start again with --overwrite)")

@@ -14,61 +14,118 @@ schedule keeps their ratio to base_lr (see `focalnet.train.optim`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from ..errors import FocalNetError
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "fit_to_data", "SMALL_DATA_IMAGES"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "recipe_fields", "fit_to_data", "SMALL_DATA_IMAGES",
+           "setting", "at_least"]
 
 
 class RecipeError(FocalNetError, ValueError):
     """An unknown recipe or recipe field."""
 
 
+# -- one table: each Recipe field is also a `focalnet train` flag, a YAML key and a TrainConfig field ------
+
+
+def at_least(lo: float, *, strict: bool = False, hi: Optional[float] = None, hi_strict: bool = False) -> tuple:
+    """A range check: (test, the words for the error message), e.g. at_least(0, hi=1) for a probability."""
+    lo_text = f"> {lo}" if strict else f">= {lo}"
+    hi_text = "" if hi is None else (f" and < {hi}" if hi_strict else f" and <= {hi}")
+
+    def ok(v: float) -> bool:
+        return (v > lo if strict else v >= lo) and (hi is None or (v < hi if hi_strict else v <= hi))
+
+    return ok, lo_text + hi_text
+
+
+FRACTION = at_least(0, hi=1)  # a probability
+
+
+def setting(default: Any, help: str, *, check: Optional[tuple] = None, choices: Optional[Callable] = None,
+            **kw: Any) -> Any:
+    """A field with its --help text, its range (`at_least`) or its choices (a function: read when checked)."""
+    meta = dict(help=help, check=check, choices=choices, **kw)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _interpolations() -> tuple:
+    from ..images import INTERPOLATIONS
+
+    return tuple(INTERPOLATIONS)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Hyper-parameters of a training run. None means 'decided by the model or the data':
     drop_path None takes the variant's value (the registry's spec.drop_path_rate), img_size None the
-    data's native size, crop_pct None the variant's evaluation crop (0.875 for the released models)."""
+    data's native size, crop_pct None the variant's evaluation crop (0.875 for the released models).
+
+    Every field but name and description is a `focalnet train` flag and YAML key (focalnet.train.config
+    derives them from this table): a new field is added here, and only here."""
 
     name: str = "custom"
     description: str = ""
     # optimisation
-    opt: str = "adamw"
-    lr: Optional[float] = None  # absolute peak rate (timm's --lr); None: base_lr scaled by the global batch
-    base_lr: float = 1e-3  # per 1024 images
-    warmup_lr: float = 5e-7  # per 1024 images (its ratio to base_lr is kept)
-    min_lr: float = 5e-6  # per 1024 images (its ratio to base_lr is kept)
-    weight_decay: float = 0.05  # on weights only: norms, biases and layer scales get none
-    layer_decay: Optional[float] = None  # layer-wise lr decay per block from the head down (None/1: off)
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    epochs: Optional[int] = 300  # None: sized from the data (fit_to_data)
-    warmup_epochs: Optional[float] = 20.0  # None: a small part of the run (focalnet.train.optim.WARMUP_FRACTION)
-    clip_grad: Optional[float] = 5.0  # max global gradient norm; None: no clipping
-    batch_size: Optional[int] = 128  # per process; None: sized from the data
+    opt: str = setting("adamw", "optimizer, any of timm's (adamw)", nonempty=True)
+    lr: Optional[float] = setting(None, "peak learning rate, absolute (as timm's --lr; default: the recipe's, else "
+                                        "--base-lr x global batch / 1024)", check=at_least(0, strict=True))
+    base_lr: float = setting(1e-3, "learning rate per 1024 images, scaled by the global batch / 1024 (the paper's "
+                                   "convention; used when --lr is not given)", check=at_least(0, strict=True))
+    warmup_lr: float = setting(5e-7, "warm-up start lr per 1024 images (its ratio to --base-lr is kept)",
+                               check=at_least(0))
+    min_lr: float = setting(5e-6, "final lr of the cosine per 1024 images (its ratio to --base-lr is kept)",
+                            check=at_least(0))
+    weight_decay: float = setting(0.05, "AdamW weight decay (on weights; not on norms, biases, layer scales)",
+                                  check=at_least(0))
+    layer_decay: Optional[float] = setting(None, "layer-wise lr decay per block from the head down (timm's "
+                                                 "param_groups_layer_decay; 1: off; finetune: 0.75)",
+                                           check=at_least(0, strict=True, hi=1))
+    betas: tuple = setting((0.9, 0.999), "AdamW's two moment decays, e.g. --betas 0.9 0.95",
+                           check=at_least(0, hi=1, hi_strict=True), length=2)
+    eps: float = setting(1e-8, "AdamW's epsilon", check=at_least(0, strict=True))
+    epochs: Optional[int] = setting(300, "epochs (default: the recipe's, or what fits --time-budget)",
+                                    check=at_least(1))
+    warmup_epochs: Optional[float] = setting(20.0, "linear warm-up epochs (finetune: 5% of the run's steps)",
+                                             check=at_least(0))
+    clip_grad: Optional[float] = setting(5.0, "max gradient norm (0: no clipping)", check=at_least(0))
+    batch_size: Optional[int] = setting(128, "images per process and step", check=at_least(1))
     # regularisation
-    smoothing: Optional[float] = 0.1
-    drop_path: Optional[float] = None
+    smoothing: Optional[float] = setting(0.1, "label smoothing", check=at_least(0, hi=1, hi_strict=True))
+    drop_path: Optional[float] = setting(None, "stochastic depth (default: the recipe's, else the variant's)",
+                                         check=at_least(0, hi=1, hi_strict=True))
     # augmentation (timm's create_transform and Mixup); None (finetune): sized from the data
-    img_size: Optional[int] = 224
-    train_crop: Optional[str] = "random_resized"  # 'random_resized' (ImageNet) or 'pad' (small images: pad, then random crop)
-    pad: Optional[int] = None  # for train_crop='pad'; None: img_size // 14 (2 px at 28 px, 0 at 8 px); 0: no shift
-    hflip: Optional[float] = 0.5
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: Optional[float] = 0.25
-    remode: str = "pixel"
-    mixup: Optional[float] = 0.8
-    cutmix: Optional[float] = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
+    img_size: Optional[int] = setting(224, "training / evaluation size (default: 224 for folders, native for tensors)",
+                                      check=at_least(1))
+    train_crop: Optional[str] = setting("random_resized", "'random_resized' (ImageNet) or 'pad' (small images: pad, "
+                                        "then random crop)", choices=lambda: ("random_resized", "pad"))
+    pad: Optional[int] = setting(None, "padding of the 'pad' crop (default: img_size // 14; 0: no random shift)",
+                                 check=at_least(0))
+    hflip: Optional[float] = setting(0.5, "horizontal flip probability", check=FRACTION)
+    auto_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", "timm auto-augment policy, e.g. "
+                                          "rand-m9-mstd0.5-inc1 ('none': off)")
+    color_jitter: float = setting(0.4, "color jitter", check=at_least(0))
+    reprob: Optional[float] = setting(0.25, "random erasing probability", check=FRACTION)
+    remode: str = setting("pixel", "random erasing mode", choices=lambda: ("pixel", "rand", "const"))
+    mixup: Optional[float] = setting(0.8, "Mixup alpha (0: off)", check=at_least(0))
+    cutmix: Optional[float] = setting(1.0, "CutMix alpha (0: off)", check=at_least(0))
+    mixup_prob: float = setting(1.0, "probability of Mixup/CutMix per batch", check=FRACTION)
+    mixup_switch_prob: float = setting(0.5, "probability of CutMix instead of Mixup", check=FRACTION)
     # evaluation
-    crop_pct: Optional[float] = None
-    interpolation: str = "bicubic"
+    crop_pct: Optional[float] = setting(None, "evaluation center-crop ratio (0.875: resize to 256/224 of the crop)",
+                                        check=at_least(0, strict=True, hi=1))
+    interpolation: str = setting("bicubic", "resize interpolation", choices=_interpolations)
+
+    def __post_init__(self) -> None:
+        # YAML and the flags give a list; the recipe keeps a tuple (hashable, like the rest of a frozen value)
+        object.__setattr__(self, "betas", tuple(self.betas))
 
     def replace(self, **changes: Any) -> "Recipe":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -82,8 +139,9 @@ class Recipe:
         return d
 
 
-def recipe_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Recipe) if f.name not in ("name", "description")]
+def recipe_fields(recipe: Optional[type] = None) -> list[str]:
+    """The settings of a recipe: every field of Recipe (or of `recipe`, a subclass) but its name and description."""
+    return [f.name for f in dataclasses.fields(recipe or Recipe) if f.name not in ("name", "description")]
 
 
 RECIPES: dict[str, Recipe] = {

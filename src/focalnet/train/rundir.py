@@ -8,7 +8,8 @@
   when it began, created whole (written under a temporary name, then hard-linked: creation fails if the
   lock exists, so two processes never both win). A second writer is refused with the owner's pid and
   host. A lock is stale, and is removed with a note, when it names this host and its pid is not running
-  (or runs a different process: the pid was reused); a lock of another host is never guessed stale.
+  (or runs a different process: the pid was reused); a lock of another host is never guessed stale, nor
+  is one that cannot be read (not JSON, a pid that is no process id): that is refused, naming the file.
 - A new run (not --resume) refuses a folder holding any earlier run's file (RUN_ARTIFACTS) unless
   --overwrite; then those files are moved aside into one temporary folder first and deleted after, so
   that the new run never lies beside half of the old one. Nothing else in the folder is touched.
@@ -27,11 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
+from ..safeio import printable
 from ..utils import make_output_dir, output_error
 from .config import TrainingError
+from .distributed import DistEnv, all_reduce
 
-__all__ = ["LOCK_NAME", "RUN_ARTIFACTS", "RunLock", "RunFolderBusyError", "claim_run_dir", "existing_artifacts",
-           "remove_temp_files"]
+__all__ = ["LOCK_NAME", "RUN_ARTIFACTS", "RunLock", "RunFolderBusyError", "claim_run_dir", "claim_for_run",
+           "existing_artifacts", "remove_temp_files"]
 
 LOCK_NAME = ".focalnet-train.lock"
 # what `focalnet train`, `focalnet report` and `focalnet eval --output RUN/eval` leave in a run folder
@@ -88,6 +93,10 @@ def _read_lock(path: Path) -> dict:
     owner = json.loads(path.read_text())
     if not isinstance(owner, dict):
         raise ValueError("not a JSON object")
+    pid = owner.get("pid", -1)
+    # a hand-edited or garbled lock: whether its owner still runs cannot be told, so it is never guessed stale
+    if isinstance(pid, bool) or not isinstance(pid, int) or not -1 <= pid < 2**31:
+        raise ValueError(f"its pid {printable(repr(pid)[:40])} is not a process id")
     return owner
 
 
@@ -192,4 +201,22 @@ def claim_run_dir(out: Path, *, resume: bool, overwrite: bool, say: Callable[[st
     except BaseException:
         lock.release()
         raise
+    return lock
+
+
+def claim_for_run(out: Path, env: DistEnv, *, resume: bool, overwrite: bool) -> Optional[RunLock]:
+    """Process 0 takes the output folder (claim_run_dir); every process learns whether it could, so that none
+    waits for the others in vain. Returns process 0's lock (None on the others)."""
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = claim_run_dir(out, resume=resume, overwrite=overwrite, say=env.say)
+        except Exception as e:
+            error = e
+    if env.distributed:
+        failed = all_reduce(torch.tensor([1.0 if error is not None else 0.0]), op="max")
+        if float(failed[0]) and error is None:
+            raise TrainingError(f"process 0 could not take the output folder {out}; its message says why")
+    if error is not None:
+        raise error
     return lock

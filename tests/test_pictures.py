@@ -134,13 +134,14 @@ def test_block_selection_and_its_errors():
 
 
 def test_a_fused_or_changed_modulation_is_a_clear_error():
+    from focalnet.deploy import fuse_for_inference
+
     model = _tiny()
-    block = model.stages[3].blocks[0]
-    block.modulation.fused = True  # what a fused-for-inference mode would advertise
+    fused = fuse_for_inference(model.eval()).model  # a copy whose blocks are focalnet.deploy's FusedBlock
     with pytest.raises(RecorderError, match="stages.3.blocks.0.*fused for inference.*unfused"):
-        ModulationRecorder(model, blocks="3.0").attach()
-    assert _hook_count(model) == 0
-    del block.modulation.fused
+        ModulationRecorder(fused, blocks="3.0").attach()
+    assert _hook_count(fused) == 0
+    block = model.stages[3].blocks[0]
     # a modulation whose forward no longer runs its observation points (e.g. folded into one conv)
     mod = block.modulation
     mod.forward = lambda x: mod.proj(x)
@@ -277,9 +278,9 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch):
     assert main(["visualize", str(tmp_path / "coffee.jpg"), "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, "pass --model NAME, --checkpoint PATH, or both")
     # an image too large for the memory at hand: measured on the meta device before anything runs
-    import focalnet.inspect.complexity as complexity
+    import focalnet.inspect.memory as memory  # the guard reads the free memory there
 
-    monkeypatch.setattr(complexity, "available_memory", lambda device="cpu": 50 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 50 * 2**20)
     assert main(["visualize", str(tmp_path / "coffee.jpg"), *ckpt, "--img-size", "2000"]) == 2
     _one_line_error(capsys, "coffee.jpg at 2000x3000 px needs about")
     assert not (tmp_path / "o" / "coffee_modulation.png").exists()

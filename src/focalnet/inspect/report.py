@@ -12,6 +12,9 @@ output folder (and `focalnet eval --output RUN/eval` an eval.json). `write_run_r
 
 The pictures use the preprocessing stored with the weights (the data set's mean and std), the same
 normalisation the model was trained with. Nothing in the run folder is overwritten unless asked.
+
+A report observes a run, so it lives here with the pictures, not in `focalnet.train`: training never
+imports it, and `focalnet report RUN` (which the main job runs after `focalnet train`) writes it.
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import torch
 
 from ..errors import FocalNetError
 from ..utils import atomic_write, format_duration
-from .artifacts import read_metrics
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,6 +40,16 @@ class RunReportError(FocalNetError, ValueError):
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunReportError(f"cannot read {path}: {e}") from None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl (written by `focalnet.train`): one JSON object per epoch; none when the file is absent."""
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
         raise RunReportError(f"cannot read {path}: {e}") from None
 
@@ -82,7 +94,7 @@ def _folder_images(summary: dict, count: int) -> list[tuple[str, Path, int]]:
 
 def _predict(model: torch.nn.Module, images: list, names: list[str]) -> list[tuple[str, float]]:
     from ..images import load_image
-    from ..inspect import preprocessing_for, to_tensor
+    from .predict import preprocessing_for, to_tensor
 
     pre = preprocessing_for(model)
     x = torch.stack([to_tensor(load_image(img, pre.mode), pre, resize=None) for img in images])
@@ -110,7 +122,7 @@ def write_run_report(run_dir: PathLike, *, num_pictures: int = 4, overwrite: boo
     run = Path(run_dir)
     report_path = _check_run(run, num_pictures=num_pictures, overwrite=overwrite)
     summary = _read_json(run / "summary.json")
-    history = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    history = _read_metrics(run / "metrics.jsonl")
     ev = _read_json(run / "eval" / "eval.json") if (run / "eval" / "eval.json").is_file() else None
     config: dict = {}
     if (run / "config.yaml").is_file():
@@ -151,7 +163,7 @@ def _check_run(run: Path, *, num_pictures: int, overwrite: bool) -> Path:
 def _picture_items(model: torch.nn.Module, summary: dict, pictures: Path, *, num_pictures: int,
                    overwrite: bool) -> list[str]:
     """Pictures of one test image per class (and of the kernels), as report.md items."""
-    from ..inspect import write_pictures
+    from .pictures import write_pictures
 
     samples = _test_images(summary, num_pictures) if num_pictures > 0 else []
     if not samples:
