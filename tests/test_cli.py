@@ -159,3 +159,27 @@ def test_install_hint_reads_the_extras():
     assert install_hint("yaml") == "pip install 'focalnet[train]'"  # PyPI's name differs from the import's
     assert install_hint("timm", prefer="viz") == "pip install 'focalnet[viz]'"
     assert install_hint("no_such_package") == "pip install no_such_package"
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_failing_standard_output_is_one_line_and_a_closed_pipe_is_quiet(unbuffered):
+    # /dev/full: every write fails with ENOSPC (buffered: at the flush; unbuffered: at the print); `| head`: the
+    # reader closes the pipe after one line. Real processes: only they have a real standard output to break.
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    cmd = [sys.executable, "-m", "focalnet.cli", "list"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "focalnet list: error: cannot write to standard output: No space left on device; "
+        "redirect it to a file on a disk with space"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""

@@ -184,6 +184,9 @@ def test_int8_file_round_trip(digits_model, int8_digits, tmp_path):
     for batch in (1, 5, 64):  # any batch size
         torch.testing.assert_close(loaded(x[:batch]), int8_digits(x[:batch]), rtol=0, atol=0)
     assert loaded.info == int8_digits.info and loaded.info["calibration"] == {"source": "digits", "images": 256}
+    assert loaded.eval() is loaded and not loaded.training  # what bench and every pipeline call first
+    with pytest.raises(QuantizationError, match="inference only"):
+        loaded.train()
     with pytest.raises(QuantizationError, match=r"\(B, 1, 8, 8\)"):
         loaded(torch.randn(1, 1, 16, 16))
     (tmp_path / "junk.pt2").write_bytes(b"not a program")

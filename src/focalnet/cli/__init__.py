@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from typing import Optional, Sequence
@@ -135,12 +136,72 @@ def user_message(e: BaseException, args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+class StandardOutputError(FocalNetError, OSError):
+    """What a command prints could not be written (standard output is a full disk, /dev/full, ...)."""
+
+
+class _PipeClosed(Exception):
+    """The reader of standard output went away (`focalnet list | head`): it has all it wanted."""
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: a failed write or flush of standard output is told apart from every other
+    OSError (a file the command writes has its own OutputError), so that it becomes one line, not a traceback."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _guard(self, method: str, *a):
+        try:
+            return getattr(self._stream, method)(*a)
+        except BrokenPipeError as e:
+            raise _PipeClosed() from e
+        except OSError as e:
+            raise StandardOutputError(f"cannot write to standard output: {e.strerror or e}; "
+                                      f"redirect it to a file on a disk with space") from e
+
+    def write(self, text: str) -> int:
+        return self._guard("write", text)
+
+    def flush(self) -> None:
+        self._guard("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    # what is still buffered would fail again at interpreter exit ('Exception ignored ...'): send it nowhere
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with what it prints flushed inside, so a failing standard output is this command's error."""
+    real, sys.stdout = sys.stdout, _GuardedStdout(sys.stdout)
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return status
+    finally:
+        sys.stdout = real
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
+    except _PipeClosed:
+        _silence_stdout()
+        return 0
+    except StandardOutputError as e:
+        _silence_stdout()
+        print(f"focalnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"focalnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -170,6 +170,14 @@ class QuantizedFocalNet(nn.Module):
         self.num_classes = int(info["num_classes"])
         self.img_size = tuple(int(v) for v in info["img_size"])
 
+    def train(self, mode: bool = True) -> "QuantizedFocalNet":
+        # an exported program has no training mode (its module refuses train() and eval() alike): the int8 model
+        # is inference only, so eval() is a no-op that works, and train() says why it cannot
+        if mode:
+            raise QuantizationError("an int8 model is for inference only: train the float model, then quantize it")
+        self.training = False
+        return self
+
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != self.img_size:
             h, w = self.img_size

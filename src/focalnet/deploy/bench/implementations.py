@@ -54,6 +54,7 @@ class Implementation:
     fullgraph: bool = False  # torch.compile with fullgraph=True: our models compile without a graph break
     inference_only: str = ""  # why it cannot train (empty: it can); training modes skip it
     plain_flops: bool = False  # FLOPs counted on the variant's plain model (same function, kernels the counter sees)
+    number_format: str = ""  # what the row computes in whatever --precision says ('bf16', 'int8'): its note says so
 
 
 _REGISTRY: dict[str, Implementation] = {}
@@ -197,10 +198,11 @@ def _ours_int8(*, variant: str, img_size: int, num_classes: int) -> tuple[nn.Mod
 
 
 register_implementation(Implementation(
-    "ours-fused-bf16", _ours_fused_bf16, fullgraph=True, plain_flops=True,
+    "ours-fused-bf16", _ours_fused_bf16, fullgraph=True, plain_flops=True, number_format="bf16",
     inference_only="fuse_for_inference folds dropout and drop path away",
 ))
 register_implementation(Implementation(
-    "ours-int8", _ours_int8, plain_flops=True, inference_only="post-training quantization is for inference",
+    "ours-int8", _ours_int8, plain_flops=True, number_format="int8",
+    inference_only="post-training quantization is for inference",
 ))
 

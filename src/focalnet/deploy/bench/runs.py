@@ -134,6 +134,10 @@ def run_inference(impls: Sequence[str], work: Workload = Workload(), *, freezing
         _prepare(module.eval(), dev, work.channels_last)
         flops = _flops(impl, work.variant, fn, x)
         note = ("inductor, freezing" if freezing else "inductor, no freezing") if compiled else ""
+        # a row whose own number format is not --precision's (ours-fused-bf16, ours-int8) says so; its ratios
+        # stay against the rows of the --precision asked for (float32 by default)
+        fmt = get_implementation(impl).number_format
+        note = ", ".join(n for n in (f"computes in {fmt}" if fmt else "", note) if n)
         fn = _compiled(impl, fn) if compiled else fn
         row = BenchResult(impl, "infer", work.batch_size, work.img_size, work.precision, work.device, compiled,
                           flops_per_img=flops, note=note)
