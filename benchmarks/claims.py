@@ -7,8 +7,9 @@ values, p < 0.05, with the claim's direction; otherwise "inconclusive").
     python benchmarks/claims.py --quick               # every part at a toy size (a few minutes)
     python benchmarks/claims.py --merge               # only rebuild the table from the parts found
 
-Parts (each writes OUT/parts/NAME.json; the table is rebuilt from every part found there, so a part can be run
-again alone; a part not run yet is a row that says so):
+Parts (each writes benchmarks/results/claims/NAME.json, OUT/parts/NAME.json for --quick/--smoke/--out; the table
+is rebuilt from every part found there, so a part can be run again alone; a part with no JSON keeps its measured
+row from the table as it was, or is a row that says how to measure it):
   classify    row 1: FocalNet vs Swin vs ConvNeXt (benchmarks/train_compare.py's models and recipe) on
               Fashion-MNIST, at equal time and at an equal number of optimizer steps
   isotropic   row 2: isotropic FocalNet vs a DeiT-style ViT (same patch, width, depth, MLP ratio), the same two ways
@@ -547,7 +548,7 @@ def run_part(part: str, args: argparse.Namespace, mach: dict) -> dict:
     record = dict(part=part, rows=rows, command=command, machine=mach, tier=args.tier_name, seeds=args.seeds,
                   budget_s=args.budgets[part], wall_s=round(time.perf_counter() - t0, 1), torch=torch.__version__,
                   finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    path = args.out / "parts" / f"{part}.json"
+    path = args.parts_dir / f"{part}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(record, path)
     print(f"   {part}: {record['wall_s']:.0f} s -> {path}", flush=True)
@@ -558,8 +559,24 @@ def cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_table(records: dict[str, dict]) -> str:
-    """docs/claims.md from the parts' records; a part with no record is a row saying how to measure it."""
+def previous_rows(text: str) -> tuple[dict[str, str], list[str]]:
+    """The measured rows of an earlier table, by claim number, and the machines it names: a part whose JSON is
+    not at hand (runs/ is not kept; parts live in benchmarks/results/claims/ since they are) keeps its row."""
+    rows, machines = {}, []
+    for line in text.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) > 2 and "not measured yet" not in cells[2]:
+            rows[cells[0][2:].strip()] = line
+        elif line.startswith("Machines: "):
+            machines = [m for m in line[len("Machines: "):].split("; ") if m]
+    return rows, machines
+
+
+def render_table(records: dict[str, dict], previous: str = "") -> str:
+    """docs/claims.md from the parts' records; a part with no record keeps its measured row from `previous` (the
+    table as it was), else is a row saying how to measure it."""
+    kept, old_machines = previous_rows(previous)
+    used_old = False
     lines = [
         "# The paper's claims, measured in miniature",
         "",
@@ -577,6 +594,10 @@ def render_table(records: dict[str, dict]) -> str:
         record = records.get(part)
         for key in ROW_KEYS[part]:
             number, statement = STATEMENTS[key]
+            if record is None and number in kept:
+                lines.append(kept[number])
+                used_old = True
+                continue
             if record is None:
                 lines.append(f"| {number} | {cell(statement)} | not measured yet | - | "
                              f"`python benchmarks/claims.py --only {part}` | - |")
@@ -589,19 +610,20 @@ def render_table(records: dict[str, dict]) -> str:
             lines.append(f"| {number} | {cell(statement)} | {cell(measurement + tier)} | {cell(verdict)} | "
                          f"`{record['command']}` ({record['wall_s']:.0f} s) | {cell(m['cpu'])} "
                          f"({cell(' '.join(m['isa']) or 'no AVX2/AVX-512/AMX')}), {m['threads']} threads |")
-    machines = sorted({rec["machine"]["line"] for rec in records.values()})
+    machines = sorted({rec["machine"]["line"] for rec in records.values()} | (set(old_machines) if used_old else set()))
     lines += ["", "Machines: " + "; ".join(machines) if machines else "", ""]
     return "\n".join(lines)
 
 
 def merge(args: argparse.Namespace) -> Path:
     records = {}
-    for path in sorted((args.out / "parts").glob("*.json")):
+    for path in sorted(args.parts_dir.glob("*.json")):
         record = json.loads(path.read_text())
         if record.get("part") in PARTS:
             records[record["part"]] = record
+    previous = args.docs.read_text() if args.docs.is_file() else ""
     with atomic_write(args.docs, "w") as f:
-        f.write(render_table(records))
+        f.write(render_table(records, previous))
     return args.docs
 
 
@@ -613,12 +635,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     tier.add_argument("--quick", action="store_true", help="every part at a toy size: a few minutes")
     tier.add_argument("--smoke", action="store_true", help="smaller still: the tests' end-to-end run")
     p.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS", help="a part's time budget")
-    p.add_argument("--out", type=Path, default=None, help="parts' JSON and runs (default runs/claims[-TIER])")
+    p.add_argument("--out", type=Path, default=None, help="training runs, and the parts' JSON in OUT/parts when given or "
+                                                          "--quick/--smoke (default runs/claims[-TIER]; the full tier's "
+                                                          "parts: benchmarks/results/claims)")
     p.add_argument("--docs", type=Path, default=None, help="the table (default docs/claims.md; OUT/claims.md for "
                                                            "--quick/--smoke)")
     p.add_argument("--merge", action="store_true", help="only rebuild the table from the parts found in OUT")
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     args = p.parse_args(argv)
+    out_given = args.out is not None
     args.tier_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     args.tier = TIERS[args.tier_name]
     args.seeds = args.seeds or (3 if args.tier_name == "full" else 2)
@@ -632,6 +657,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             p.error(f"--budget takes PART=SECONDS with PART one of {', '.join(PARTS)}; got {item!r}")
         args.budgets[name] = args.budget_given[name] = float(value)
     args.out = args.out or ROOT / ("runs/claims" + ("" if args.tier_name == "full" else f"-{args.tier_name}"))
+    # the full tier's parts are the measurements docs/claims.md is made from: kept in the repository (runs/ is not)
+    args.parts_dir = ROOT / "benchmarks/results/claims" if args.tier_name == "full" and not out_given else args.out / "parts"
     args.docs = args.docs or (ROOT / "docs" / "claims.md" if args.tier_name == "full" else args.out / "claims.md")
     args.parts = args.only or list(PARTS)
     return args

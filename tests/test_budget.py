@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import yaml
 
 from focalnet.train import budget
+from focalnet.train.budget import with_total_updates
 from focalnet.train.config import TrainConfig
 from focalnet.train.distributed import DistEnv
 from focalnet.train.run import build_parts, configure, load_data, plan_run, run_config
@@ -126,4 +128,32 @@ def test_the_run_stops_only_when_not_one_more_step_fits(tmp_path):
     run, record = _run_at_epoch(tmp_path, budget_s=100, epochs_done=3, elapsed_s=99.0, update_s=5.0, overhead_s=2.0)
     assert out_of_time(run, 2, record)
     assert "not one more step fits" in run.progress.stopped_early
+    run.setup.lock.release()
+
+
+def test_a_plan_that_would_leave_time_unused_is_lengthened(tmp_path):
+    """Epoch 3 of 4 planned (6 steps each) ends at 60 s of a 125 s budget, each later epoch 6 x 5 + 2 = 32 s: the
+    plan would end at 92 s, a quarter of the budget unused (the plan after the first epoch was made from its
+    slower steps). The steps left are re-planned to end where the time does, and the cosine with them."""
+    from focalnet.train.epoch import out_of_time
+
+    run, record = _run_at_epoch(tmp_path, budget_s=125, epochs_done=3, elapsed_s=60, update_s=5.0, overhead_s=2.0)
+    run.plan = with_total_updates(run.plan, 24, epoch=2, steps_done=18)
+    assert not out_of_time(run, 2, record) and run.progress.stopped_early is None
+    more = run.plan.total_updates - 18
+    assert 60 + more * 5.0 + math.ceil(more / 6) * 2.0 <= 125  # fits
+    assert 60 + (more + 2) * 5.1 + math.ceil((more + 2) / 6) * 2.04 > 125  # and uses the budget (within a step)
+    lr_end = run.plan.scheduler._get_lr(run.plan.total_updates)[0]
+    assert lr_end == pytest.approx(min(run.plan.scheduler._get_lr(t)[0] for t in range(0, run.plan.total_updates + 1)))
+    run.setup.lock.release()
+
+
+def test_a_plan_that_ends_near_the_budget_is_kept(tmp_path):
+    from focalnet.train.epoch import out_of_time
+
+    run, record = _run_at_epoch(tmp_path, budget_s=125, epochs_done=3, elapsed_s=60, update_s=5.0, overhead_s=2.0)
+    run.plan = with_total_updates(run.plan, 30, epoch=2, steps_done=18)  # ends at 60 + 60 + 4 = 124 s
+    before = run.plan
+    assert not out_of_time(run, 2, record)
+    assert run.plan is before
     run.setup.lock.release()

@@ -211,3 +211,19 @@ def test_a_part_that_fails_says_why_in_its_row(claims_cli, tmp_path, monkeypatch
     table = (tmp_path / "claims.md").read_text()
     line = next(l for l in table.splitlines() if l.startswith("| 6a "))
     assert "could not be measured here: RuntimeError: no such backbone in this timm" in line and "not measured" in line
+
+
+def test_a_part_without_its_json_keeps_its_row_from_the_table_as_it_was(claims_cli, tmp_path):
+    """Re-running one part must not erase the rows of parts measured before whose JSON is not at hand."""
+    docs = tmp_path / "claims.md"
+    old_row = "| 2 | isotropic beats ViT | top-1 85.76 ± 0.10 (n=3) | **holds** | `cmd` | AMD EPYC (avx2), 2 threads |"
+    docs.write_text("\n".join(["| # | claim | m | v | c | machine |", "|---|---|---|---|---|---|", old_row,
+                               "| 3 | dense | not measured yet | - | `x` | - |", "", "Machines: old machine", ""]))
+    assert claims_cli.main(["--smoke", "--out", str(tmp_path), "--docs", str(docs), "--only", "cost"]) == 0
+    table = docs.read_text()
+    assert old_row in table.splitlines()
+    assert "old machine" in next(l for l in table.splitlines() if l.startswith("Machines: "))  # still named
+    line = next(l for l in table.splitlines() if l.startswith("| 3 "))
+    assert "not measured yet" in line and "--only dense" in line  # an unmeasured row is re-made, not kept
+    assert [l.split("|")[1].strip() for l in table.splitlines() if l.startswith("| ") and
+            not l.startswith("| #")] == ["1", "2", "3", "4", "5", "6a", "6b"]

@@ -178,6 +178,11 @@ def test_evaluation_interval_follows_the_epoch_length():
     assert eval_interval(None, Info(num_train=50, num_eval=500)) == 4  # an epoch of 50 images: every 4th
     assert eval_interval(None, Info(num_train=2500, num_eval=500)) == 1
     assert eval_interval(3, Info(num_train=2500, num_eval=500)) == 3
+    # under a time budget evaluation takes training time: at most 3 % of it (Fashion-MNIST: every 2nd epoch)
+    assert eval_interval(None, Info(num_train=60000, num_eval=10000)) == 1
+    assert eval_interval(None, Info(num_train=60000, num_eval=10000), time_budget=600) == 2
+    assert eval_interval(None, Info(num_train=1281167, num_eval=50000), time_budget=600) == 1
+    assert eval_interval(2, Info(num_train=60000, num_eval=10000), time_budget=600) == 2  # asked: as asked
 
 
 def test_pretrained_by_name_takes_the_released_weights(tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ LAYERS = {
     "focalnet.preprocess": 0,
     "focalnet.flops": 0,
     "focalnet.precision": 0,
+    "focalnet.allocator": 0,
     "focalnet.layers": 1,
     "focalnet.models": 1,
     "focalnet.registry": 1,

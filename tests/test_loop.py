@@ -150,6 +150,32 @@ def test_weight_decay_on_weights_only():
     assert all(g["weight_decay"] in (0.0, 0.05) for g in opt.param_groups)
 
 
+def test_adamw_is_torchs_fused_kernel_and_updates_like_the_loop():
+    """AdamW runs fused on the CPU (one kernel for all tensors, not one update per tensor): the same update as
+    torch's per-tensor loop, to float rounding."""
+    model, twin = tiny_model(), tiny_model()
+    twin.load_state_dict(model.state_dict())
+    opt = build_optimizer(model, get_recipe("small"), lr=1e-2)
+    assert opt.defaults["fused"] is True
+    loop = torch.optim.AdamW([{**g, "fused": None, "foreach": False,
+                               "params": [dict(twin.named_parameters())[n] for n in _names(model, g)]}
+                              for g in opt.param_groups], lr=1e-2)
+    assert not any(g["fused"] for g in loop.param_groups)
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
+    for net, o in ((model, opt), (twin, loop)):
+        for _ in range(3):
+            nn.functional.cross_entropy(net(x), y).backward()
+            o.step()
+            o.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _names(model: nn.Module, group: dict) -> list[str]:
+    ids = {id(p): n for n, p in model.named_parameters()}
+    return [ids[id(p)] for p in group["params"]]
+
+
 def test_schedule_warms_up_then_follows_the_cosine_to_the_minimum():
     model = tiny_model()
     recipe = get_recipe("imagenet", warmup_epochs=2, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6)

@@ -168,7 +168,13 @@ class DepthwiseConv2d(nn.Conv2d):
 @torch.fx.wrap  # a branch on the size: one call in an fx graph, decided at run time
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, p: int, groups: int) -> torch.Tensor:
     """DepthwiseConv2d's computation: zero padding `p` in the convolution, or as an explicit pad first when
-    gradients are recorded and the padding reaches half the map (see DepthwiseConv2d)."""
+    gradients are recorded and the padding reaches half the map (see DepthwiseConv2d). Under CPU autocast it
+    computes in float32: a depthwise convolution reads and writes much and multiplies little, so bf16 saves it
+    nothing, and oneDNN's bf16 depthwise backward took twice float32's time (a quarter of the main job's bf16
+    step; docs/speed.md)."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return depthwise_conv(x.float(), weight.float(), p, groups)
     if p > 0 and torch.is_grad_enabled() and 2 * p >= min(x.shape[-2], x.shape[-1]) and (
         x.requires_grad or weight.requires_grad
     ):

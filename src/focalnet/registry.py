@@ -23,7 +23,7 @@ from .preprocess import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
 
 __all__ = [
     "ModelSpec", "Published", "Weights", "register_model", "list_models", "get_spec", "build_model",
-    "UnknownModelError", "describe_arch",
+    "UnknownModelError", "describe_arch", "fit_stage_lists",
 ]
 
 # the authors' release links (their README): GitHub releases for most, their blob store for the rest
@@ -430,3 +430,17 @@ def focalnet_huge_fl4(**kwargs: Any) -> FocalNet:
         layerscale_value=1e-4, drop_path_rate=0.5, num_classes=21842,
     )
     return _build(FocalNet, arch, kwargs)
+
+
+def fit_stage_lists(name: str, arch: dict) -> dict:
+    """With fewer (or more) stages in arch['depths'] than the variant has, take the variant's per-stage
+    focal levels and windows for the stages that remain (repeating the last one), unless given."""
+    if "depths" not in arch or name not in list_models():
+        return arch
+    spec_arch = get_spec(name).arch
+    n = len(arch["depths"])
+    for key in ("focal_levels", "focal_windows"):
+        if key not in arch and isinstance(spec_arch.get(key), (list, tuple)) and len(spec_arch[key]) != n:
+            values = list(spec_arch[key])
+            arch[key] = (values + [values[-1]] * n)[:n]
+    return arch

@@ -47,3 +47,19 @@ def parse_hw(values: list[int], flag: str = "--img-size") -> tuple[int, int]:
     if len(values) not in (1, 2) or min(values) < 1:
         raise UserError(f"{flag} takes one or two positive sizes (H [W]), got {' '.join(map(str, values))}")
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def parse_kv(items: list[str]) -> dict:
+    """--arch KEY=VALUE ... as a dict, each value read as YAML (depths=[2,2,2] is a list)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--arch takes KEY=VALUE pairs (e.g. embed_dim=32 depths=[2,2,2]), got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--arch {item!r}: cannot read {value!r} ({e})") from None
+    return out

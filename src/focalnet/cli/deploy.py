@@ -65,9 +65,17 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         help="measure inference / training speed (with --compare: against timm, Hugging Face, Swin-T, ConvNeXt-T)",
         description="Steady-state timing in one process: blocks of consecutive calls per implementation, the blocks "
         "interleaved (A A A B B B A A A ...), each block after one re-warming call; medians, min-max and ratios to "
-        "timm's FocalNet. Prints the CPU, its ISA and the allocator setting. Run it on an idle machine.",
+        "timm's FocalNet; GFLOP/s and the fraction of the device's peak (a CPU's measured once per run on a 2048^2 "
+        "matmul). Prints the CPU, its ISA and the allocator setting. Run it on an idle machine. The Fashion-MNIST "
+        "model of configs/fashion-mnist.yaml: --mode train --impl ours --arch embed_dim=32 depths=[1,2,2] "
+        "patch_size=2 --in-chans 1 --num-classes 10 --img-size 28 --batch-size 128",
     )
     p.add_argument("--model", default="focalnet_tiny_srf", help="registered variant (default: focalnet_tiny_srf)")
+    p.add_argument("--arch", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="resize the variant as `focalnet train --arch` does, e.g. embed_dim=32 depths=[1,2,2] "
+                   "patch_size=2 (our implementations only: ours, ours-fused, ...)")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3; 1 for Fashion-MNIST)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of the head (default 1000)")
     p.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     p.add_argument("--batch-size", type=int, default=16, help="batch of the throughput run (default 16)")
     p.add_argument("--latency", action="store_true", help="also measure inference at batch 1 (warm, steady state)")
@@ -202,8 +210,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     impls = _bench_implementations(args)
     state = bench.machine_state()
     print(f"machine: {bench.machine_line(state)}")
-    print(f"model {args.model}, {args.img_size} px, {args.precision}, device {args.device}"
-          + (", channels-last" if args.channels_last else ""))
+    print(bench.peak_line(args.device))  # a CPU's peak is measured here, before any model is built
+    resized = f" resized ({' '.join(f'{k}={v}' for k, v in args.arch.items())})" if args.arch else ""
+    layout = ", channels-last" if args.channels_last else ""
+    print(f"model {args.model}{resized}, {args.in_chans} input channel(s), {args.num_classes} classes, "
+          f"{args.img_size} px, {args.precision}, device {args.device}{layout}")
     results = []
     if args.mode in ("infer", "both"):
         results += _bench_inference(args, impls)
@@ -212,7 +223,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     print(bench.format_table(results, machine=state, cold=args.cold))
     if args.json:
-        payload = dict(machine=state, args={k: v for k, v in vars(args).items() if k != "func"},
+        payload = dict(machine=state, peak_flops=bench.device_peaks(args.device),
+                       args={k: v for k, v in vars(args).items() if k != "func"},
                        results=[r.to_dict() for r in results])
         atomic_json(payload, args.json)
         print(f"\nwrote {args.json}")
@@ -241,8 +253,11 @@ def _bench_implementations(args: argparse.Namespace) -> list[str]:
     get_spec(args.model)  # unknown names: a clear error with suggestions
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    if min(args.batch_size, args.rounds, args.img_size, args.block) < 1 or args.warmup < 0:
-        raise UserError("--batch-size, --rounds, --block and --img-size must be positive and --warmup not negative")
+    if min(args.batch_size, args.rounds, args.img_size, args.block, args.in_chans, args.num_classes) < 1 \
+            or args.warmup < 0:
+        raise UserError("--batch-size, --rounds, --block, --img-size, --in-chans and --num-classes must be positive "
+                        "and --warmup not negative")
+    args.arch = _bench_arch(args)
     args.precision = _bench_precision(args)
     if args.precision == "fp16" and args.device == "cpu":
         raise UserError("fp16 autocast is for CUDA; on CPU use --precision bf16")
@@ -250,10 +265,36 @@ def _bench_implementations(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--json {args.json} is a folder; give a file path")
     if args.threads:
         torch.set_num_threads(args.threads)
-    impls = list(bench.IMPLEMENTATIONS) if args.compare else (args.impl or ["ours", "ours-fused", "timm"])
+    impls = list(bench.IMPLEMENTATIONS) if args.compare else (args.impl or _default_implementations(args.arch))
     for name in impls:
         bench.split_variant(name)  # an unknown name: a BenchError (one line at the CLI) listing the known ones
+    if args.arch:
+        bench.refuse_fixed_architectures(impls)  # timm's, HF's, ... models cannot be resized: one line naming them
     return bench_variants(impls, args.compile)
+
+
+def _default_implementations(arch: dict) -> list[str]:
+    """ours, ours-fused and timm; with --arch only ours and ours-fused (timm's model cannot be resized)."""
+    from ..deploy import bench
+
+    return [name for name in ("ours", "ours-fused", "timm") if not arch or name in bench.arch_takers()]
+
+
+def _bench_arch(args: argparse.Namespace) -> dict:
+    """--arch KEY=VALUE read and checked as `focalnet train --arch` reads them (the same parser and rules), the
+    variant's per-stage lists (focal levels, windows) fitted to the stages given, as training fits them."""
+    if not args.arch:
+        return {}
+    from ..registry import fit_stage_lists
+    from ..train.config import validate_arch
+    from .common import parse_kv
+
+    arch = parse_kv(args.arch)
+    for key in ("in_chans", "num_classes"):
+        if key in arch:
+            raise UserError(f"--arch {key}={arch[key]}: give --{key.replace('_', '-')} {arch[key]} instead")
+    validate_arch(arch)
+    return fit_stage_lists(args.model, arch)
 
 
 def _bench_precision(args: argparse.Namespace) -> str:
@@ -276,7 +317,8 @@ def _workload(args: argparse.Namespace, batch_size: int):
     from ..deploy.bench import Workload
 
     return Workload(variant=args.model, batch_size=batch_size, img_size=args.img_size, precision=args.precision,
-                    device=args.device, channels_last=args.channels_last)
+                    device=args.device, channels_last=args.channels_last, arch=args.arch, in_chans=args.in_chans,
+                    num_classes=args.num_classes)
 
 
 def _bench_inference(args: argparse.Namespace, impls: list[str]) -> list:

@@ -15,22 +15,8 @@ import typing
 from typing import Any
 
 from . import HelpFormatter, UserError
+from .common import parse_kv
 from ..safeio import printable
-
-
-def _parse_kv(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--arch takes KEY=VALUE pairs (e.g. embed_dim=32 depths=[2,2,2]), got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise UserError(f"--arch {item!r}: cannot read {value!r} ({e})") from None
-    return out
 
 
 def _base_type(tp: Any) -> Any:
@@ -38,12 +24,13 @@ def _base_type(tp: Any) -> Any:
     return args[0] if args else tp
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    """--precision fp32|bf16|fp16, and the old --amp none|bf16|fp16 still read (with a note: _precision_given)."""
+def _add_precision(p: argparse.ArgumentParser, *, choices: tuple = (), help_: str = "") -> None:
+    """--precision fp32|bf16|fp16 (train: its TrainConfig field's choices and help, auto included), and the old
+    --amp none|bf16|fp16 still read (with a note: _precision_given)."""
     from ..precision import PRECISIONS
 
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="fp32 (the default), bf16 (autocast; CPU and GPU) or fp16 (autocast with a GradScaler; GPU)")
+    p.add_argument("--precision", default=None, choices=choices or PRECISIONS, help=help_ or (
+        "fp32 (the default), bf16 (autocast; CPU and GPU) or fp16 (autocast with a GradScaler; GPU)"))
     p.add_argument("--amp", default=None, help=argparse.SUPPRESS)  # the old spelling
 
 
@@ -85,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             help_ += f" (default: {default})"
         tp = _base_type(types[f.name])
         if f.name == "precision":
-            _add_precision(p)
+            _add_precision(p, choices=f.metadata["choices"](), help_=help_)
         elif tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif f.name == "arch":
@@ -150,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if given is None:
             continue
         if f.name == "arch":
-            given = {**(values.get("arch") or {}), **_parse_kv(given)}
+            given = {**(values.get("arch") or {}), **parse_kv(given)}
         values[f.name] = given
     try:
         return TrainConfig.from_dict(values)

@@ -81,9 +81,13 @@ def build_summary(
     config: dict,
     stopped_early: Optional[str] = None,
     updates_per_epoch: Optional[int] = None,
+    precision: str,
+    precision_choice: str = "",
 ) -> dict:
     """summary.json: final and best test accuracy, how long, how fast, how big. `epochs` counts the epochs
-    begun (the last of a --time-budget run may be partial), `epochs_trained` the passes over the data."""
+    begun (the last of a --time-budget run may be partial), `epochs_trained` the passes over the data.
+    `precision` is what the run computed in (--precision auto's choice, where `config` says auto), and
+    `precision_choice` why auto chose it."""
     imgs = sum(r.get("train_img_per_s", 0) * r.get("train_time", 0) for r in history)
     t = sum(r.get("train_time", 0) for r in history)
     s = dict(
@@ -108,7 +112,10 @@ def build_summary(
         img_size=img_size,
         world_size=world_size,
         device=device,
+        precision=precision,
     )
+    if precision_choice:
+        s["precision_choice"] = precision_choice
     if updates_per_epoch:
         s["epochs_trained"] = round(s["updates"] / updates_per_epoch, 2)
     if final_ema is not None:

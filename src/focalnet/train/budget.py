@@ -10,7 +10,8 @@ A `Plan` is a frozen value: a re-plan returns a new one. A --time-budget run's p
    steps can be off by tens of %);
 3. before every later epoch, `before_next_epoch` asks whether the next epoch would overrun the budget; if so
    the steps left are re-planned to fit the time left, and the run stops early only when not one more step
-   fits.
+   fits. When instead the steps left would end with more than 3% of the budget unused (later epochs run
+   faster than the first, which the plan was made from), they are re-planned to use it.
 
 The sums (`updates_that_fit`, `plan_updates`, `replan_updates`, `next_epoch_seconds`, `overruns`) are pure
 functions of the times they are given. Under torchrun every process takes the same decision: the slowest
@@ -36,13 +37,16 @@ from .recipes import Recipe
 
 __all__ = ["Plan", "Schedule", "Replan", "eval_interval", "measure_budget", "with_total_updates", "after_first_epoch",
            "before_next_epoch", "updates_that_fit", "time_steps", "plan_updates", "replan_updates",
-           "next_epoch_seconds", "overruns", "median"]
+           "next_epoch_seconds", "overruns", "run_end_seconds", "median"]
 
 # the first plan keeps 4% for checkpoints, plots and drift; the re-plan, from real epochs, 2%
 PLAN_MARGIN = 1.04
 REPLAN_MARGIN = 1.02
 # an epoch may end up to 2% past the budget: cutting the cosine short costs more accuracy than a few seconds
 OVERRUN_TOLERANCE = 1.02
+# and a plan that would leave more than 3% of the budget unused is lengthened: the first epoch's timings (which
+# the plan after it is made from) are slower than the later ones, with their allocations and warm-up
+UNDERRUN_TOLERANCE = 0.97
 
 
 def median(values: list[float]) -> float:
@@ -91,6 +95,13 @@ def next_epoch_seconds(*, remaining_updates: int, updates_per_epoch: int, update
 
 def overruns(budget_s: float, *, elapsed_s: float, next_epoch_s: float) -> bool:
     return elapsed_s + next_epoch_s > budget_s * OVERRUN_TOLERANCE
+
+
+def run_end_seconds(*, elapsed_s: float, remaining_updates: int, updates_per_epoch: int, update_s: float,
+                    overhead_s: float) -> float:
+    """When the plan's steps left would end: each at `update_s`, each epoch begun with its `overhead_s`."""
+    epochs_left = math.ceil(remaining_updates / max(updates_per_epoch, 1))
+    return elapsed_s + remaining_updates * update_s + epochs_left * overhead_s
 
 
 def time_steps(model: nn.Module, loader: Any, eval_loader: Any, *, criterion: nn.Module, recipe: Recipe, lr: float,
@@ -186,15 +197,23 @@ def with_total_updates(plan: Plan, total: int, *, epoch: int, steps_done: int) -
 EVAL_COST = 1 / 3
 
 
-def eval_interval(eval_every: Optional[int], info: DataInfo) -> int:
+# under --time-budget every evaluation is training time lost: evaluations are spaced to cost at most this share
+BUDGETED_EVAL_SHARE = 0.03
+
+
+def eval_interval(eval_every: Optional[int], info: DataInfo, *, time_budget: Optional[float] = None) -> int:
     """Epochs between evaluations: --eval-every, or by default every epoch unless an epoch is so short that
     evaluating the test split would cost more than training it (a few dozen images per class against
     hundreds of test images): then every ceil(test cost / train cost) epochs, so that evaluation stays
-    about half the run's time at most. Deterministic (from the image counts), so a resumed run evaluates
-    on the same epochs; the last epoch is always evaluated, so the final figures are the same either way."""
+    about half the run's time at most. Under --time-budget, where each evaluation takes the time of training
+    steps, they are spaced further, to cost at most BUDGETED_EVAL_SHARE of the training (Fashion-MNIST's 10k
+    test images against its 60k training images: every 2nd epoch). Deterministic (from the image counts and
+    whether there is a budget), so a resumed run evaluates on the same epochs; the last epoch is always
+    evaluated, so the final figures are the same either way."""
     if eval_every is not None:
         return max(int(eval_every), 1)
-    return max(1, math.ceil(EVAL_COST * info.num_eval / max(info.num_train, 1)))
+    share = EVAL_COST * info.num_eval / max(info.num_train, 1)  # an evaluation's cost in training epochs
+    return max(1, math.ceil(share), math.ceil(share / BUDGETED_EVAL_SHARE - 1e-9) if time_budget else 1)
 
 
 def _slowest(*values: float) -> list[float]:
@@ -268,7 +287,8 @@ def before_next_epoch(plan: Plan, budget_s: float, *, epoch: int, elapsed_s: flo
     next_epoch = next_epoch_seconds(remaining_updates=plan.total_updates - steps_done, updates_per_epoch=per_epoch,
                                     update_times=[update_s], overheads=[overhead_s])
     if not overruns(budget_s, elapsed_s=elapsed_s, next_epoch_s=next_epoch):
-        return Replan(plan)
+        return _lengthened(plan, budget_s, epoch=epoch, elapsed_s=elapsed_s, update_s=update_s,
+                           overhead_s=overhead_s, steps_done=steps_done)
     total = replan_updates(budget_s, elapsed_s=elapsed_s, update_s=update_s, overhead_s=overhead_s,
                            steps_done=steps_done, updates_per_epoch=per_epoch)
     if total > steps_done:
@@ -276,3 +296,20 @@ def before_next_epoch(plan: Plan, budget_s: float, *, epoch: int, elapsed_s: flo
                       why=f"the next epoch (about {next_epoch:.0f} s) would end after {elapsed_s + next_epoch:.0f} s")
     return Replan(plan, stop=f"stopped after epoch {epoch + 1} of {plan.epochs}: not one more step fits in the "
                              f"time budget of {budget_s:.0f} s")
+
+
+def _lengthened(plan: Plan, budget_s: float, *, epoch: int, elapsed_s: float, update_s: float, overhead_s: float,
+                steps_done: int) -> Replan:
+    """The plan, or a longer one when its steps left would end before UNDERRUN_TOLERANCE of the budget (the
+    steps after the first epoch run faster than it did): the cosine rebuilt to end where the time runs out."""
+    per_epoch = plan.schedule.updates_per_epoch
+    end = run_end_seconds(elapsed_s=elapsed_s, remaining_updates=plan.total_updates - steps_done,
+                          updates_per_epoch=per_epoch, update_s=update_s, overhead_s=overhead_s)
+    if end >= budget_s * UNDERRUN_TOLERANCE:
+        return Replan(plan)
+    total = replan_updates(budget_s, elapsed_s=elapsed_s, update_s=update_s, overhead_s=overhead_s,
+                           steps_done=steps_done, updates_per_epoch=per_epoch)
+    if total <= plan.total_updates:
+        return Replan(plan)
+    return _refit(plan, total, epoch=epoch, steps_done=steps_done,
+                  why=f"the steps left would end after {end:.0f} s of {budget_s:.0f} s")

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..checkpoints import Checkpoint, read_checkpoint
 from ..datasets import builtin_dataset
+from ..registry import fit_stage_lists
 from .config import TrainConfig, TrainingError
 from .recipes import Recipe
 
@@ -29,7 +30,6 @@ __all__ = [
     "run_preprocessing",
     "read_pretrained",
     "model_for_run",
-    "fit_stage_lists",
     "check_classes",
     "build_criterion",
     "build_mixup",
@@ -187,22 +187,6 @@ def check_classes(ckpt_classes: int, ckpt_names: Optional[list], path: str, info
             f"the checkpoint {path} was trained on classes {ckpt_names[:5]}... but the data's classes are "
             f"{info.class_names[:5]}... (names or order differ): pass --reset-head to train a fresh head"
         )
-
-
-def fit_stage_lists(name: str, arch: dict) -> dict:
-    """With fewer (or more) stages in arch['depths'] than the variant has, take the variant's per-stage
-    focal levels and windows for the stages that remain (repeating the last one), unless given."""
-    from ..registry import get_spec, list_models
-
-    if "depths" not in arch or name not in list_models():
-        return arch
-    spec_arch = get_spec(name).arch
-    n = len(arch["depths"])
-    for key in ("focal_levels", "focal_windows"):
-        if key not in arch and isinstance(spec_arch.get(key), (list, tuple)) and len(spec_arch[key]) != n:
-            values = list(spec_arch[key])
-            arch[key] = (values + [values[-1]] * n)[:n]
-    return arch
 
 
 def model_for_run(cfg: TrainConfig, recipe: Recipe, info: Any, ckpt: Optional[Checkpoint] = None) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from ..datasets import builtin_dataset
 from ..errors import FocalNetError
-from ..precision import PRECISIONS, PrecisionError, precision_name
+from ..precision import AUTO, PRECISIONS, PrecisionError, precision_name
 from ..utils import atomic_write
 from .data import DEFAULT_CROP_PCT, pad_for
 from .recipes import Recipe, at_least, get_recipe, list_recipes, recipe_fields, setting
@@ -105,8 +105,11 @@ class TrainConfig:
                              "Fashion-MNIST and digits, imagenet for folders",
                      choices=lambda: ("auto", *list_recipes()))
     accum_steps: int = _f(1, "gradient accumulation: batches per optimizer step", check=at_least(1))
-    precision: str = _f("fp32", "fp32, bf16 (autocast; CPU and GPU) or fp16 (autocast with a GradScaler; GPU); "
-                                "the old --amp none|bf16|fp16 is still read", choices=lambda: PRECISIONS)
+    precision: str = _f("fp32", "fp32, bf16 (autocast; CPU and GPU), fp16 (autocast with a GradScaler; GPU) or auto "
+                                "(bf16 where the GPU or CPU computes it natively and, on a CPU, a short probe finds "
+                                "it faster than float32, else fp32; chosen when the run starts, and again on "
+                                "--resume on the machine at hand); the old --amp none|bf16|fp16 is still read",
+                        choices=lambda: (*PRECISIONS, AUTO))
     ema: bool = _f(False, "keep an exponential moving average of the weights (timm's ModelEmaV3) and evaluate it")
     ema_decay: float = _f(0.9998, "EMA decay", check=at_least(0, hi=1, hi_strict=True))
     # run
@@ -175,7 +178,8 @@ OLD_KEYS = {"amp": "precision"}  # --amp none|bf16|fp16 -> --precision fp32|bf16
 
 def renamed_keys(values: dict) -> dict:
     """`values` with every old key (OLD_KEYS) under its new name, and a precision in the project's spelling
-    (`bfloat16`, `none` -> bf16, fp32). Both the old and the new key, saying different things, are refused."""
+    (`bfloat16`, `none` -> bf16, fp32; `auto` stays auto). Both the old and the new key, saying different
+    things, are refused."""
     out = dict(values)
     for old, new in OLD_KEYS.items():
         if old in out:
@@ -192,10 +196,12 @@ def renamed_keys(values: dict) -> dict:
 def _precision(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value  # validate_config names the wrong type
+    if value.strip().lower() == AUTO:  # a setting the run resolves (focalnet.precision.choose_precision)
+        return AUTO
     try:
         return precision_name(value)
     except PrecisionError as e:
-        raise TrainingError(f"{_key(key)}: {e}") from None
+        raise TrainingError(f"{_key(key)}: {e}, or {AUTO}") from None
 
 
 def config_field_types() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ __all__ = [
     "cleanup_distributed",
     "unwrap_model",
     "all_reduce",
+    "from_main",
     "world_size",
     "replicas_identical",
 ]
@@ -91,6 +93,16 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if _initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t
+
+
+def from_main(value: Any) -> Any:
+    """Process 0's `value` (anything pickle writes) in every process: one decision for the whole run where
+    each process could decide differently (a timed probe); `value` itself in a single process."""
+    if not _initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

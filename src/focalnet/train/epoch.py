@@ -35,7 +35,7 @@ def run_epochs(run: Run) -> None:
         epoch += 1
         t_epoch = time.perf_counter()
         record, stats = train_epoch(run, epoch)
-        if (epoch + 1) % eval_interval(cfg.eval_every, run.data.info) == 0 or epoch + 1 == run.plan.epochs:
+        if (epoch + 1) % eval_interval(cfg.eval_every, run.data.info, time_budget=cfg.time_budget) == 0 or epoch + 1 == run.plan.epochs:
             evaluate_epoch(run, record)
         if env.distributed:
             record["replicas_identical"] = replicas_identical(run.parts.model)
@@ -72,7 +72,7 @@ def run_epochs(run: Run) -> None:
 def evaluate_weights(run: Run, model: nn.Module, **kw: Any) -> dict:
     cfg = run.setup.cfg
     return evaluate(model, run.data.eval_loader, device=run.setup.env.device, num_classes=run.data.info.num_classes,
-                    precision=cfg.precision, skip_bad_images=cfg.skip_bad_images, **kw)
+                    precision=run.setup.precision, skip_bad_images=cfg.skip_bad_images, **kw)
 
 
 def train_epoch(run: Run, epoch: int) -> tuple[dict, dict]:
@@ -86,7 +86,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict, dict]:
             parts.train_model, run.data.train_loader, parts.optimizer, parts.criterion, device=env.device, epoch=epoch,
             num_epochs=run.plan.epochs, scheduler=run.plan.scheduler, global_step=p.global_step,
             mixup_fn=parts.mixup_fn,
-            precision=cfg.precision, scaler=parts.scaler, accum_steps=cfg.accum_steps,
+            precision=run.setup.precision, scaler=parts.scaler, accum_steps=cfg.accum_steps,
             clip_grad=run.data.recipe.clip_grad, ema=parts.ema, skip_bad_images=cfg.skip_bad_images,
             progress=progress_on(cfg.progress) and env.is_main, last_good_checkpoint=p.last_checkpoint,
             max_updates=run.plan.total_updates,

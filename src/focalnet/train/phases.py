@@ -29,6 +29,9 @@ class Setup:
     cfg: TrainConfig
     env: DistEnv
     out: Path
+    precision: str  # what every phase computes in: cfg.precision, or what --precision auto chose (run_precision)
+    precision_choice: str = ""  # with --precision auto: the choice and why, one line (choose_precision)
+    allocator: str = ""  # on the CPU: what focalnet.allocator.keep_freed_memory did, or why not
     resume: Optional[TrainingCheckpoint] = None  # the training checkpoint a resumed run continues from
     changes: tuple = ()  # what --resume was asked to change, one line each (announced in begin)
     changed: frozenset = frozenset()  # the names of those fields

@@ -7,7 +7,8 @@
 `train()` is a list of named phases, each a function of its own that reads what the phases before it
 handed on (focalnet.train.phases) and never edits it:
 
-    configure   -> Setup     resume or start, determinism, the output folder                   (frozen)
+    configure   -> Setup     resume or start, determinism, the output folder, the precision     (frozen)
+                             (--precision auto resolved once, here: every later phase reads it)
     load_data   -> Data      data sets and loaders, and the recipe resolved once: every value    (frozen)
                              filled in from the flags, the pretrained weights and the data
     build_parts -> Parts     model (DDP, compile), loss, Mixup, optimizer, GradScaler, EMA
@@ -21,7 +22,8 @@ What a run leaves in its output folder (only process 0 writes):
 
     config.yaml          the resolved configuration (every recipe value filled in); `-c` takes it back
     metrics.jsonl        one JSON line per epoch (train loss, lr, test loss / top-1 / top-5, EMA, img/s, time)
-    summary.json         final and best test top-1/top-5, epochs, wall time, images/s, parameters, MACs
+    summary.json         final and best test top-1/top-5, epochs, wall time, images/s, parameters, MACs,
+                         the precision computed in (config.yaml keeps `auto` where it was asked)
     curves.png           loss and accuracy per epoch
     confusion.png        confusion matrix of the final model on the test split (confusion.csv: the counts)
     model.safetensors    final weights with architecture and class names (focalnet.load_model reads it)
@@ -52,7 +54,7 @@ from .build import build_criterion, build_mixup, input_plan, model_for_run, read
 from .config import (RESUME_CHANGES, TrainConfig, TrainingError, check_resume_config, check_resume_folder, given_fields,
                      resolve_recipe, validate_recipe, write_yaml)
 from .data import check_threads, build_datasets, build_loader
-from .distributed import DistEnv, cleanup_distributed, init_distributed, unwrap_model
+from .distributed import DistEnv, cleanup_distributed, from_main, init_distributed, unwrap_model
 from .epoch import evaluate_weights, run_epochs, write_final_files
 from .loop import autocast
 from .optim import MAX_WARMUP_WARNING, build_optimizer, run_lr, warmup_steps
@@ -61,10 +63,12 @@ from .recipes import fit_to_data
 from .rundir import claim_for_run
 from .state import load_training_checkpoint, restore_training_state, seed_everything
 from ..datasets import builtin_dataset
+from ..allocator import keep_freed_memory
+from ..precision import AUTO, choose_precision
 from ..registry import describe_arch
 
-__all__ = ["train", "configure", "load_data", "build_parts", "compile_training", "plan_run", "begin", "run_epochs",
-           "finish", "eval_interval", "Setup", "Data", "Parts", "Plan", "Progress", "Run"]
+__all__ = ["train", "configure", "run_precision", "load_data", "build_parts", "compile_training", "plan_run", "begin",
+           "run_epochs", "finish", "eval_interval", "Setup", "Data", "Parts", "Plan", "Progress", "Run"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -112,7 +116,8 @@ def configure(cfg: TrainConfig, env: DistEnv) -> Setup:
     else:
         out = Path(cfg.output)
     resolve_recipe(cfg)  # a recipe that cannot be made fails before the folder is taken
-    autocast(env.device, cfg.precision)  # validates --precision for the device before any work
+    precision, choice = run_precision(cfg.precision, env)
+    autocast(env.device, precision)  # validates --precision for the device before any work
     lock = claim_for_run(out, env, resume=resume is not None, overwrite=cfg.overwrite)
     try:
         if cfg.deterministic:
@@ -120,12 +125,26 @@ def configure(cfg: TrainConfig, env: DistEnv) -> Setup:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)
-        return Setup(cfg=cfg, env=env, out=out, resume=resume, changes=tuple(changes), changed=changed,
-                     lock=lock, pretrained=read_pretrained(cfg) if resume is None else None)
+        # a CPU step frees and re-allocates the same buffers each step: keep them instead of faulting them back in
+        allocator = keep_freed_memory() if env.device.type == "cpu" else ""
+        return Setup(cfg=cfg, env=env, out=out, precision=precision, precision_choice=choice, allocator=allocator,
+                     resume=resume,
+                     changes=tuple(changes), changed=changed, lock=lock,
+                     pretrained=read_pretrained(cfg) if resume is None else None)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
+
+
+def run_precision(setting: str, env: DistEnv) -> tuple[str, str]:
+    """What the run computes in, and with --precision auto why, in one line: (precision, "" or the reason).
+    auto is process 0's choice for its device (choose_precision), taken by every process, so that a timed
+    probe near its threshold cannot split the processes; a resumed auto run chooses again, on the machine
+    that runs it."""
+    if setting != AUTO:
+        return setting, ""
+    return from_main(choose_precision(env.device) if env.is_main else None)
 
 
 def load_data(setup: Setup) -> Data:
@@ -195,7 +214,7 @@ def build_parts(setup: Setup, data: Data, *, model: Optional[nn.Module] = None) 
         train_model=torch.compile(wrapped) if compile_training(cfg.compile, env.device) else wrapped,
         criterion=build_criterion(recipe), mixup_fn=build_mixup(recipe, data.info.num_classes),
         optimizer=build_optimizer(core, recipe, lr),
-        scaler=torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
+        scaler=torch.amp.GradScaler("cuda") if setup.precision == "fp16" else None,
         ema=ema, global_batch=global_batch, lr=lr,
     )
 
@@ -210,10 +229,10 @@ def plan_run(setup: Setup, data: Data, parts: Parts) -> Plan:
         total_updates = None if "epochs" in setup.changed else resume.total_updates
         planned = "time_budget" in setup.changed and bool(cfg.time_budget)
     elif cfg.time_budget and cfg.epochs is None:
-        evals = (2 if parts.ema is not None else 1) / eval_interval(cfg.eval_every, data.info)
+        evals = (2 if parts.ema is not None else 1) / eval_interval(cfg.eval_every, data.info, time_budget=cfg.time_budget)
         total_updates, note, probe_s = budget.measure_budget(
             cfg.time_budget, model=parts.core, train_loader=data.train_loader, eval_loader=data.eval_loader,
-            criterion=parts.criterion, mixup_fn=parts.mixup_fn, recipe=recipe, lr=parts.lr, precision=cfg.precision,
+            criterion=parts.criterion, mixup_fn=parts.mixup_fn, recipe=recipe, lr=parts.lr, precision=setup.precision,
             device=setup.env.device, accum_steps=cfg.accum_steps, evals_per_epoch=evals, updates_per_epoch=per_epoch,
             seed=cfg.seed, rank=setup.env.rank)
         epochs = math.ceil(total_updates / per_epoch)
@@ -262,6 +281,10 @@ def begin(setup: Setup, data: Data, parts: Parts, plan: Plan) -> Run:
             + f") on {info.name} ({info.num_train} train / {info.num_eval} {info.eval_split} images, "
             f"{info.num_classes} classes), recipe {recipe.name}, {env.world_size} process(es) on {env.device}, "
             f"global batch {parts.global_batch}, lr {parts.lr:.2e}, output {out}")
+    if setup.precision_choice:
+        env.say(f"note: --precision auto: {setup.precision_choice}")
+    if setup.allocator:
+        env.say(f"note: memory: {setup.allocator}")
     if plan.note:
         env.say(plan.note)
     if resume is not None:
@@ -282,7 +305,10 @@ def finish(run: Run, *, t_start: float) -> dict:
         img_size=data.recipe.img_size, train_time=p.history[-1]["elapsed"] if p.history else 0.0,
         wall_time=time.time() - t_start, world_size=setup.env.world_size, device=str(setup.env.device),
         config=run.config(), stopped_early=p.stopped_early, updates_per_epoch=data.updates_per_epoch,
+        precision=setup.precision, precision_choice=setup.precision_choice,
     )
+    if setup.allocator:
+        summary["allocator"] = setup.allocator
     if p.warnings:
         summary["warnings"] = list(p.warnings)
     if setup.env.is_main:

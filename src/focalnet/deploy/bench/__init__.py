@@ -14,8 +14,13 @@ and because a big model's first call after another model ran finds cold caches:
 - the CPU model, its ISA extensions (AVX2, AVX-512, AVX512-BF16, AMX), the allocator setting (glibc's MALLOC_*
   variables, a jemalloc/tcmalloc preloaded or linked) and the thread count are part of every result: on these
   machines glibc's page faults alone cost about a quarter of the time;
-- on CUDA every timed call is bracketed by `torch.cuda.synchronize()`, and the fraction of the device's peak
-  FLOP/s is reported (FLOPs measured by PyTorch's FlopCounterMode, 2 per multiply-add; training = 3 x forward);
+- on CUDA every timed call is bracketed by `torch.cuda.synchronize()`;
+- every row reports the FLOP/s it reaches (FLOPs measured by PyTorch's FlopCounterMode, 2 per multiply-add;
+  training = 3 x forward) and its fraction of the device's peak in the number format the row computes in: a
+  GPU's from its data sheet, a CPU's measured once per run on a 2048 x 2048 matrix product (fp32, bf16 where
+  native, int8 where torch has a VNNI kernel; `machine.cpu_matmul_peak`);
+- our implementations can be resized (`Workload.arch`, `--arch`: the small model of a training run), and every
+  one takes the input channels and classes;
 - peak training memory is measured in a fresh process per implementation (`memory`): on CPU the resident-set
   high-water mark minus the resident set just before the first step (model, optimizer and batch built), so the
   number is what the steps added, including the allocator's retained pages; on CUDA
@@ -38,13 +43,27 @@ from .implementations import (
     REFERENCE,
     BenchError,
     Implementation,
+    arch_takers,
     build_implementation,
     get_implementation,
+    refuse_fixed_architectures,
     register_implementation,
     split_variant,
     trains,
 )
-from .machine import ISA_FLAGS, allocator_setting, cpu_isa, device_peak_flops, machine_line, machine_state
+from .machine import (
+    CPU_FORMATS,
+    ISA_FLAGS,
+    PEAK_SIDE,
+    allocator_setting,
+    cpu_isa,
+    cpu_matmul_peak,
+    device_peak_flops,
+    device_peaks,
+    machine_line,
+    machine_state,
+    peak_line,
+)
 from .memory import peak_training_memory
 from .results import BenchResult, format_table
 from .runs import Workload, make_training_step, run_inference, run_training, variants_to_run
@@ -78,4 +97,11 @@ __all__ = [
     "allocator_setting",
     "format_table",
     "device_peak_flops",
+    "device_peaks",
+    "cpu_matmul_peak",
+    "peak_line",
+    "CPU_FORMATS",
+    "PEAK_SIDE",
+    "arch_takers",
+    "refuse_fixed_architectures",
 ]

@@ -1,6 +1,7 @@
 """A benchmark row (`BenchResult`) and the table of rows: medians, ranges and ratios to timm's FocalNet."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -8,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from .implementations import COMPILED_SUFFIX, REFERENCE
-from .machine import device_peak_flops, machine_line
+from .machine import device_peak_flops, machine_line, peak_line
 
 __all__ = ["BenchResult", "format_table"]
 
@@ -23,15 +24,21 @@ class BenchResult:
     device: str
     compiled: bool
     times_s: list[float] = field(default_factory=list)  # one entry per timed call (one batch / one step)
-    flops_per_img: Optional[float] = None  # forward FLOPs, 2 per multiply-add
+    flops_per_img: Optional[float] = None  # FLOPs of one image, 2 per multiply-add (training: 3 x forward)
     peak_bytes: Optional[int] = None
     note: str = ""
     first_call_s: Optional[float] = None  # the first call (with compilation, for a compiled variant)
     cold_times_s: list[float] = field(default_factory=list)  # the first call of each block: caches cold
+    number_format: str = ""  # what the row computes in when not `precision` (ours-int8: int8): its peak's format
 
     @property
     def label(self) -> str:
         return self.impl + (COMPILED_SUFFIX if self.compiled else "")
+
+    @property
+    def computes_in(self) -> str:
+        """The number format whose peak the row is a fraction of: its own (int8, bf16) or --precision's."""
+        return self.number_format or self.precision
 
     @property
     def compile_s(self) -> Optional[float]:
@@ -71,14 +78,27 @@ def _ratio(value: float, ref: Optional[float]) -> str:
     return f"{value / ref:.2f}" if ref else "-"
 
 
+def _figure(value: float) -> str:
+    # small figures keep decimals: a small model on a CPU reaches single-digit GFLOP/s and %peak
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _rates(r: BenchResult, throughput: float) -> tuple[str, str]:
+    """(GFLOP/s, % of the device's peak in the row's number format) at `throughput` img/s, '-' where unknown; a
+    CPU's peak is measured here, once per process (machine.cpu_matmul_peak), only for rows with a FLOP count."""
+    if not r.flops_per_img or math.isnan(throughput):  # no count, or no timed call
+        return "-", "-"
+    rate = r.flops_per_img * throughput
+    peak = device_peak_flops(torch.device(r.device), r.computes_in)
+    return _figure(rate / 1e9), _figure(100 * rate / peak) if peak else "-"
+
+
 def _row(r: BenchResult, refs: dict, *, cold: bool = False) -> str:
     key = (r.mode, r.batch_size, r.img_size, r.precision)
     times = r.cold_times_s if cold else r.times_s
     thr = [r.batch_size / t for t in times]
     med = _median_throughput(r, cold)
-    gflops = f"{r.flops_per_img * med / 1e9:.0f}" if r.flops_per_img else "-"
-    peak = device_peak_flops(torch.device(r.device), r.precision)
-    frac = f"{100 * r.flops_per_img * med / peak:.1f}" if (peak and r.flops_per_img) else "-"
+    gflops, frac = _rates(r, med)
     mem = f"{r.peak_bytes / 1e9:.2f} GB" if r.peak_bytes is not None else "-"
     ms = statistics.median(times) * 1e3 if times else float("nan")
     comp = f"{r.compile_s:.1f}" if r.compile_s is not None else "-"
@@ -92,13 +112,16 @@ def _row(r: BenchResult, refs: dict, *, cold: bool = False) -> str:
 def format_table(results: Sequence[BenchResult], *, machine: Optional[dict] = None, cold: bool = False) -> str:
     """Medians, min-max and ratios to timm's FocalNet of the same mode, batch, size and precision: `x timm`
     against timm of the same kind (eager against eager, compiled against compiled), `x timm(e)` against timm
-    eager. `machine` (machine_state()) is named above the table; `cold` adds the first call of each block as its
-    own row, labelled [cold]."""
+    eager; GFLOP/s and %peak of the device's peak in the row's number format (`BenchResult.computes_in`).
+    `machine` (machine_state()) is named above the table, with the peak of each device the rows ran on (a CPU's
+    measured: `peak_line`); `cold` adds the first call of each block as its own row, labelled [cold]."""
     refs, cold_refs = _references(results, False), _references(results, True)
     head = (f"{'implementation':<22} {'mode':<5} {'batch':>5} {'px':>4} {'precision':<9} {'img/s':>8} "
             f"{'min-max':>13} {'ms/call':>8} {'x timm':>7} {'x timm(e)':>8} {'compile s':>9} {'GFLOP/s':>7} "
             f"{'%peak':>6} {'peak mem':>9}  note")
     lines = [f"machine: {machine_line(machine)}"] if machine else []
+    if machine:
+        lines += [peak_line(torch.device(d)) for d in dict.fromkeys(r.device for r in results)]
     lines += [head, "-" * len(head)]
     for r in results:
         lines.append(_row(r, refs))
@@ -106,4 +129,8 @@ def format_table(results: Sequence[BenchResult], *, machine: Optional[dict] = No
             lines.append(_row(r, cold_refs, cold=True))
     lines.append("steady state: consecutive calls after one re-warming call per block (blocks interleaved between "
                  "implementations)" + ("; [cold]: that first call, after another implementation ran" if cold else ""))
+    lines.append("GFLOP/s: FLOPs counted by FlopCounterMode (2 per multiply-add; int8 rows: integer operations) x "
+                 "img/s; training FLOPs = 3 x forward (forward + backward)")
+    lines.append("%peak: of the device's peak in the number format the row computes in (CPU: a measured matmul, "
+                 "GPU: the data sheet)")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -57,16 +57,16 @@ def _freezing(enabled: bool):
     return inductor_config.patch(freezing=enabled)
 
 
-def _flops(impl: str, variant: str, fn: Callable, x: torch.Tensor) -> Optional[float]:
+def _flops(impl: str, work: Workload, fn: Callable, x: torch.Tensor) -> Optional[float]:
     """Forward FLOPs of one image (2 per multiply-add), or None where the counter cannot run the model."""
     try:
         if get_implementation(impl).plain_flops:
             # kernels the counter cannot see (oneDNN's fused ones) compute the plain model's function: count that
-            # model, on the meta device (no weights, no arithmetic)
+            # model (resized as the row's), on the meta device (no weights, no arithmetic)
             from ...registry import build_model
 
             with torch.device("meta"):
-                plain = build_model(variant)
+                plain = build_model(work.variant, num_classes=work.num_classes, in_chans=work.in_chans, **work.arch)
             fn, x = plain, x.to("meta")
         return float(forward_flops(fn, x[:1]))
     except Exception:  # a counter that cannot see a custom kernel is no reason to fail the benchmark
@@ -82,9 +82,11 @@ def _fill(results: dict[str, BenchResult], timed: dict[str, dict]) -> list[Bench
 
 @dataclass(frozen=True)
 class Workload:
-    """What a benchmark run computes, whichever implementation computes it: the architecture (`variant`), batch,
-    image side, precision (focalnet.precision's names: fp32, or bf16 / fp16 autocast), device, the input's memory
-    layout, and whether every implementation runs compiled (`variants_to_run`)."""
+    """What a benchmark run computes, whichever implementation computes it: the architecture (`variant`, resized
+    by `arch` overrides for the implementations that take them, e.g. dict(embed_dim=32, depths=[1, 2, 2],
+    patch_size=2, focal_levels=[2, 2, 2], focal_windows=[3, 3, 3]) for the Fashion-MNIST model), input channels,
+    classes, batch, image side, precision (focalnet.precision's names: fp32, or bf16 / fp16 autocast), device,
+    the input's memory layout, and whether every implementation runs compiled (`variants_to_run`)."""
 
     variant: str = "focalnet_tiny_srf"
     batch_size: int = 16
@@ -93,14 +95,26 @@ class Workload:
     device: str = "cpu"
     compile: bool = False
     channels_last: bool = False
+    arch: dict = field(default_factory=dict)
+    in_chans: int = 3
+    num_classes: int = 1000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", precision_name(self.precision))  # one spelling in every row
 
+    def model_args(self) -> dict:
+        """What build_implementation takes besides the variant: image side, channels, classes, `arch`."""
+        return dict(img_size=self.img_size, num_classes=self.num_classes, in_chans=self.in_chans, arch=self.arch)
+
     def batch(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """A random (batch_size, 3, img_size, img_size) batch on the device, channels-last if asked."""
-        x = torch.randn(self.batch_size, 3, self.img_size, self.img_size, generator=generator).to(self.device)
+        """A random (batch_size, in_chans, img_size, img_size) batch on the device, channels-last if asked."""
+        x = torch.randn(self.batch_size, self.in_chans, self.img_size, self.img_size, generator=generator)
+        x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def labels(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Random class indices for a training step, one per image of `batch`."""
+        return torch.randint(0, self.num_classes, (self.batch_size,), generator=generator).to(self.device)
 
 
 def _time_variants(impls: Sequence[str], work: Workload, make: Callable[[str], tuple[BenchResult, Callable]], *,
@@ -130,9 +144,9 @@ def run_inference(impls: Sequence[str], work: Workload = Workload(), *, freezing
 
     def make(name: str) -> tuple[BenchResult, Callable]:
         impl, compiled = split_variant(name)
-        module, fn = build_implementation(impl, variant=work.variant, img_size=work.img_size)
+        module, fn = build_implementation(impl, variant=work.variant, **work.model_args())
         _prepare(module.eval(), dev, work.channels_last)
-        flops = _flops(impl, work.variant, fn, x)
+        flops = _flops(impl, work, fn, x)
         note = ("inductor, freezing" if freezing else "inductor, no freezing") if compiled else ""
         # a row whose own number format is not --precision's (ours-fused-bf16, ours-int8) says so; its ratios
         # stay against the rows of the --precision asked for (float32 by default)
@@ -140,7 +154,7 @@ def run_inference(impls: Sequence[str], work: Workload = Workload(), *, freezing
         note = ", ".join(n for n in (f"computes in {fmt}" if fmt else "", note) if n)
         fn = _compiled(impl, fn) if compiled else fn
         row = BenchResult(impl, "infer", work.batch_size, work.img_size, work.precision, work.device, compiled,
-                          flops_per_img=flops, note=note)
+                          flops_per_img=flops, note=note, number_format=fmt)
 
         def call(fn=fn, frozen=compiled and freezing):
             with torch.inference_mode(), _autocast(dev, work.precision), _freezing(frozen):
@@ -172,13 +186,12 @@ def make_training_step(name: str, work: Workload, *, recompute: bool):
     `recompute`: our model runs with `set_activation_recompute(True)`."""
     impl, compiled = split_variant(name)
     dev = torch.device(work.device)
-    module, fn = build_implementation(impl, variant=work.variant, img_size=work.img_size, training=True)
+    module, fn = build_implementation(impl, variant=work.variant, training=True, **work.model_args())
     module = _prepare(module.train(), dev, work.channels_last)
     if impl == "ours" and recompute:
         module.set_activation_recompute(True)
     g = torch.Generator().manual_seed(0)
-    x = work.batch(g)
-    y = torch.randint(0, 1000, (work.batch_size,), generator=g).to(dev)
+    x, y = work.batch(g), work.labels(g)
     step_fn = _compiled(impl, fn) if compiled else fn
     return module, fn, x, _train_step_fn(module, step_fn, x, y, dev, work.precision)
 
@@ -194,8 +207,10 @@ def run_training(impls: Sequence[str], work: Workload = Workload(), *, recompute
     def make(name: str) -> tuple[BenchResult, Callable]:
         impl, compiled = split_variant(name)
         module, fn, x, step = make_training_step(name, work, recompute=recompute)
-        flops = _flops(impl, work.variant, fn, x)  # the eager forward: counting must not trigger a compilation
+        flops = _flops(impl, work, fn, x)  # the eager forward: counting must not trigger a compilation
         note = "activation recompute" if impl == "ours" and recompute else ""
+        # a training step's FLOPs: 3 x forward (the backward computes the gradients of the inputs and of the
+        # weights, each a product as large as the forward's; the optimizer step's element-wise work is not counted)
         row = BenchResult(impl, "train", work.batch_size, work.img_size, work.precision, work.device, compiled,
                           flops_per_img=None if flops is None else 3 * flops, note=note)
         return row, step
