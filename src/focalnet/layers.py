@@ -172,14 +172,24 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, p: int, groups: int) -
     computes in float32: a depthwise convolution reads and writes much and multiplies little, so bf16 saves it
     nothing, and oneDNN's bf16 depthwise backward took twice float32's time (a quarter of the main job's bf16
     step; docs/speed.md)."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return depthwise_conv(x.float(), weight.float(), p, groups)
+    if not torch.jit.is_scripting() and x.device.type == "cpu" and _cpu_autocast():
+        return _depthwise_conv_float32(x, weight, p, groups)
     if p > 0 and torch.is_grad_enabled() and 2 * p >= min(x.shape[-2], x.shape[-1]) and (
         x.requires_grad or weight.requires_grad
     ):
         return F.conv2d(F.pad(x, [p, p, p, p]), weight, None, 1, 0, 1, groups)
     return F.conv2d(x, weight, None, 1, p, 1, groups)
+
+
+@torch.jit.unused  # eager and traced code only: TorchScript knows no autocast state (is_scripting guards it)
+def _cpu_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu")
+
+
+@torch.jit.unused
+def _depthwise_conv_float32(x: torch.Tensor, weight: torch.Tensor, p: int, groups: int) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):
+        return depthwise_conv(x.float(), weight.float(), p, groups)
 
 
 class Mlp(nn.Module):

@@ -196,7 +196,8 @@ def plot_curves(history: Sequence[dict], path: os.PathLike) -> None:
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no test point yet (evaluations spaced): no legend to draw
+            ax.legend()
     fig.tight_layout()
     _save_figure(fig, path)
 
