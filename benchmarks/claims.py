@@ -147,6 +147,9 @@ def classification_seeds(names: list[str], args: argparse.Namespace, budget: flo
     base = train_compare.load_yaml_config(str(train_compare.CONFIG))
     base.pop("arch", None)
     base.pop("model", None)
+    # float32 for every model: the main job's `precision: auto` would depend on the CPU, and bf16 on peers' kernels
+    # (oneDNN's bf16 depthwise backward runs at half float32's speed: ConvNeXt's 7x7 depthwise would pay for it)
+    base["precision"] = "fp32"
     extra = {k: v for k, v in (("limit_train", args.tier["limit_train"]), ("limit_eval", args.tier["limit_eval"])) if v}
     sizes = {n: (sum(p.numel() for p in train_compare.build(n).parameters()), None) for n in names}
     runs = []

@@ -172,6 +172,9 @@ def main() -> int:
     base = load_yaml_config(str(CONFIG))
     base.pop("arch", None)
     base.pop("model", None)
+    # float32 for every model: the main job's `precision: auto` would depend on the CPU, and bf16 on peers' kernels
+    # (oneDNN's bf16 depthwise backward runs at half float32's speed: ConvNeXt's 7x7 depthwise would pay for it)
+    base["precision"] = "fp32"
     names = args.models.split(",")
     sizes, paths, probes = {}, {}, {}
     for name in names:
