@@ -570,8 +570,8 @@ def previous_rows(text: str) -> tuple[dict[str, str], list[str]]:
         cells = line.split(" | ")
         if line.startswith("| ") and len(cells) > 2 and "not measured yet" not in cells[2]:
             rows[cells[0][2:].strip()] = line
-        elif line.startswith("Machines: "):
-            machines = [m for m in line[len("Machines: "):].split("; ") if m]
+        elif line.startswith("Machines: ") and line[len("Machines: "):].strip():
+            machines = [line[len("Machines: "):].strip()]  # one text: a machine's own line holds "; " too
     return rows, machines
 
 
@@ -613,7 +613,8 @@ def render_table(records: dict[str, dict], previous: str = "") -> str:
             lines.append(f"| {number} | {cell(statement)} | {cell(measurement + tier)} | {cell(verdict)} | "
                          f"`{record['command']}` ({record['wall_s']:.0f} s) | {cell(m['cpu'])} "
                          f"({cell(' '.join(m['isa']) or 'no AVX2/AVX-512/AMX')}), {m['threads']} threads |")
-    machines = sorted({rec["machine"]["line"] for rec in records.values()} | (set(old_machines) if used_old else set()))
+    machines = sorted({rec["machine"]["line"] for rec in records.values()})
+    machines += [m for m in (old_machines if used_old else []) if m not in "; ".join(machines)]
     lines += ["", "Machines: " + "; ".join(machines) if machines else "", ""]
     return "\n".join(lines)
 
