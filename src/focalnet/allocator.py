@@ -20,7 +20,7 @@ import os
 import platform
 from typing import Optional
 
-__all__ = ["keep_freed_memory", "kept", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD"]
+__all__ = ["keep_freed_memory", "kept", "user_setting", "process_maps", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD"]
 
 # mallopt's parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -33,13 +33,25 @@ TOP_PAD = 64 << 20
 _KEPT: Optional[str] = None  # what keep_freed_memory set in this process, said by `kept()`
 
 
-def _user_choice(environ: dict, maps: str) -> Optional[str]:
-    """The allocator setting the user made already, if any (then it is left alone)."""
-    chosen = sorted(k for k in environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
+def user_setting(environ: dict, maps: str) -> str:
+    """The allocator setting the user made, from the environment and the text of /proc/self/maps: glibc's
+    MALLOC_* tunables, an LD_PRELOAD, a jemalloc or tcmalloc mapped into the process ('' where none)."""
+    parts = [f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
     if environ.get("LD_PRELOAD"):
-        chosen.append("LD_PRELOAD")
-    chosen += [lib for lib in ("jemalloc", "tcmalloc") if f"lib{lib}" in maps]
-    return ", ".join(chosen) or None
+        parts.append(f"LD_PRELOAD={environ['LD_PRELOAD']}")
+    mapped = sorted({lib for lib in ("jemalloc", "tcmalloc") if f"lib{lib}" in maps})
+    if mapped:
+        parts.append(f"{' and '.join(mapped)} in the process")
+    return ", ".join(parts)
+
+
+def process_maps() -> str:
+    """The text of /proc/self/maps ('' off Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _glibc() -> Optional[ctypes.CDLL]:
@@ -59,15 +71,10 @@ def keep_freed_memory() -> str:
     global _KEPT
     if _KEPT is not None:
         return _KEPT
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        maps = ""
     if os.environ.get("FOCALNET_MALLOC", "").strip().lower() == "default":
         return "allocator: glibc's defaults (FOCALNET_MALLOC=default)"
-    user = _user_choice(dict(os.environ), maps)
-    if user is not None:
+    user = user_setting(dict(os.environ), process_maps())
+    if user:
         return f"allocator as set by the user ({user})"
     libc = _glibc()
     if libc is None:

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ...allocator import kept
+from ...allocator import kept, process_maps, user_setting
 from ...precision import native_bf16, precision_name
 from .timing import timed_call
 
@@ -182,15 +182,8 @@ def cpu_isa(cpuinfo: str) -> tuple[str, list[str]]:
 
 
 def allocator_setting(environ: dict, maps: str) -> str:
-    """What serves malloc, from the environment and the text of /proc/self/maps: glibc's MALLOC_* tunables, an
-    LD_PRELOAD, and a jemalloc or tcmalloc mapped into the process (preloaded or linked in)."""
-    parts = [f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
-    if environ.get("LD_PRELOAD"):
-        parts.append(f"LD_PRELOAD={environ['LD_PRELOAD']}")
-    mapped = sorted({lib for lib in ("jemalloc", "tcmalloc") if f"lib{lib}" in maps})
-    if mapped:
-        parts.append(f"{' and '.join(mapped)} in the process")
-    return ", ".join(parts) if parts else "glibc malloc, default settings"
+    """What serves malloc (focalnet.allocator.user_setting), or glibc's defaults where the user set nothing."""
+    return user_setting(environ, maps) or "glibc malloc, default settings"
 
 
 def machine_state() -> dict:
@@ -203,7 +196,7 @@ def machine_state() -> dict:
         isa=isa,
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         onednn_bf16=bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
-        allocator=kept() or allocator_setting(dict(os.environ), read_text("/proc/self/maps")),
+        allocator=kept() or allocator_setting(dict(os.environ), process_maps()),
         python=platform.python_version(),
     )
     if torch.cuda.is_available():
